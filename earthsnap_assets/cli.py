@@ -1,0 +1,129 @@
+"""`earthsnap`: the command line of the platform (stack, data in, runs, demo)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import click
+
+from earthsnap_assets.settings import Settings
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+@click.group()
+def main() -> None:
+    """EarthSnap: photos in S3 -> validated, versioned datasets -> hierarchical species classifiers."""
+
+
+def _mount_stack() -> None:
+    from earthsnap_assets.stack.cli import stack
+
+    main.add_command(stack)
+
+
+@main.command("demo-data")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="local folder (default: <home>/demo-data)")
+@click.option("--images-per-species", default=30, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--upload/--no-upload", default=True, show_default=True, help="ingest into the raw bucket")
+def demo_data(out: Path | None, images_per_species: int, seed: int, upload: bool) -> None:
+    """Generate the synthetic hierarchical dataset (with a few bad files) and upload it."""
+    from earthsnap_assets.ml.synthetic import SyntheticSpec, generate_dataset
+
+    settings = _settings()
+    out = out or settings.home / "demo-data"
+    summary = generate_dataset(out, SyntheticSpec(images_per_species=images_per_species, seed=seed))
+    groups = sorted(set(summary.species.values()))
+    click.echo(f"generated {summary.good_images} images of {len(summary.species)} species in {len(groups)} groups")
+    click.echo(f"  plus {len(summary.bad_files)} bad files QA must reject: {', '.join(sorted(summary.bad_files))}")
+    if upload:
+        _ingest(out, summary.taxonomy_csv)
+
+
+def _ingest(root: Path, taxonomy_csv: Path) -> None:
+    from earthsnap_assets.ingest import ingest
+    from earthsnap_assets.resources.object_store import ObjectStore
+
+    store = ObjectStore()
+    summary = ingest(store, root, taxonomy_csv)
+    click.echo(f"ingest into s3://{store.raw_bucket}/images/:")
+    for line in summary.lines():
+        click.echo(f"  {line}")
+    if summary.failed:
+        raise click.ClickException(f"{len(summary.failed)} uploads failed")
+
+
+@main.command("ingest")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--taxonomy", "taxonomy_csv", required=True, type=click.Path(exists=True, path_type=Path))
+def ingest_command(directory: Path, taxonomy_csv: Path) -> None:
+    """Upload DIRECTORY/<species>/<files> and the taxonomy CSV; unchanged objects are skipped."""
+    from earthsnap_assets.ml.taxonomy import TaxonomyError
+
+    try:
+        _ingest(directory, taxonomy_csv)
+    except TaxonomyError as exc:
+        raise click.ClickException(f"{taxonomy_csv}: {exc}") from exc
+
+
+def _dagster_home(settings: Settings) -> Path:
+    home = Path(os.environ.get("DAGSTER_HOME") or settings.home / "dagster")
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+@main.command("run")
+@click.argument("job", default="data_pipeline")
+def run_job(job: str) -> None:
+    """Run a Dagster job in this process, recorded in the stack's Dagster instance (seen in the UI)."""
+    import dagster as dg
+
+    from earthsnap_assets.definitions import defs
+
+    _dagster_home(_settings())
+    started = time.monotonic()
+    with dg.DagsterInstance.get() as instance:
+        result = defs.resolve_job_def(job).execute_in_process(instance=instance, raise_on_error=False)
+    for event in result.get_asset_materialization_events():
+        click.echo(f"  materialized {event.asset_key.to_user_string()}")
+    for check in result.get_asset_check_evaluations():
+        state = "passed" if check.passed else f"FAILED ({check.severity.value})"
+        click.echo(f"  check {check.asset_key.to_user_string()}:{check.check_name} {state}")
+    click.echo(
+        f"run {result.run_id} {'succeeded' if result.success else 'FAILED'} in {time.monotonic() - started:.1f} s"
+    )
+    if not result.success:
+        raise click.ClickException(f"job {job} failed; see the run in the Dagster UI")
+
+
+@main.command("demo")
+@click.option("--images-per-species", default=30, show_default=True)
+@click.pass_context
+def demo(ctx: click.Context, images_per_species: int) -> None:
+    """The whole story on a fresh machine: stack up, demo data, the data pipeline, then where to look."""
+    from earthsnap_assets.stack import stack_up
+
+    settings = _settings()
+    _dagster_home(settings)
+    started = time.monotonic()
+    click.echo("== starting the local stack (SeaweedFS S3, MLflow, Dagster)")
+    for status in stack_up(settings, dagster=True):
+        click.echo(f"  {status.name:8s} {status.url}")
+    click.echo("== generating and ingesting demo data")
+    ctx.invoke(demo_data, images_per_species=images_per_species)
+    click.echo("== running the data pipeline")
+    ctx.invoke(run_job, job="data_pipeline")
+    click.echo(f"== done in {time.monotonic() - started:.0f} s")
+    click.echo(f"  Dagster UI : http://127.0.0.1:{settings.dagster_port}/asset-groups")
+    click.echo(f"  MLflow UI  : {settings.mlflow_tracking_uri}")
+    click.echo(f"  S3 (lake)  : {settings.s3_endpoint}/{settings.lake_bucket}")
+    click.echo("  stop it with: .venv/bin/earthsnap stack down")
+
+
+_mount_stack()

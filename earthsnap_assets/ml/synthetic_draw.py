@@ -1,0 +1,339 @@
+"""The subjects of the synthetic photos: one drawing family per species group, one trait per species.
+
+Groups differ in overall form (radial flower, symmetric butterfly, legged beetle, fern frond, mushroom,
+snail), so the parent model has an easy task. Species of a group share that form and overlapping colour
+ranges and differ in one subtle trait (petal count, wing pattern, body proportions, leaflet shape...),
+so a child model has to learn shape, not colour. Coordinates are normalised to [-1, 1] on a square canvas.
+"""
+
+from __future__ import annotations
+
+import colorsys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageOps
+
+RGB = tuple[int, int, int]
+Drawer = Callable[[Image.Image, int, np.random.Generator, int], None]
+
+
+def hsv(h: float, s: float, v: float, alpha: int | None = None) -> tuple[int, ...]:
+    r, g, b = colorsys.hsv_to_rgb(h % 1.0, min(max(s, 0.0), 1.0), min(max(v, 0.0), 1.0))
+    rgb = (round(r * 255), round(g * 255), round(b * 255))
+    return rgb if alpha is None else (*rgb, alpha)
+
+
+def _px(points: np.ndarray, n: int) -> list[tuple[float, float]]:
+    """Normalised [-1, 1] points -> pixel coordinates on an n x n canvas."""
+    return [(float(x), float(y)) for x, y in (np.asarray(points) + 1.0) * (n / 2)]
+
+
+def _box(cx: float, cy: float, rx: float, ry: float, n: int) -> list[float]:
+    return [(cx - rx + 1) * n / 2, (cy - ry + 1) * n / 2, (cx + rx + 1) * n / 2, (cy + ry + 1) * n / 2]
+
+
+def _blade(length: float, width: float, angle: float, q: float, p: float, start: np.ndarray) -> np.ndarray:
+    """A petal/leaflet outline: width profile sin(pi t^q)^p along its axis, turned by `angle`."""
+    t = np.linspace(0.0, 1.0, 14)
+    half = width * np.sin(np.pi * t**q) ** p
+    local = np.concatenate([np.stack([t * length, half], 1), np.stack([t * length, -half], 1)[::-1]])
+    c, s = np.cos(angle), np.sin(angle)
+    return local @ np.array([[c, s], [-s, c]]) + start
+
+
+def _flower(canvas: Image.Image, n: int, rng: np.random.Generator, variant: int) -> None:
+    """Radial petals around a disc; species: 5 round / 6 pointed / 8 narrow petals / 5 with a dark eye."""
+    d = ImageDraw.Draw(canvas, "RGBA")
+    count, width, q, p, disc = [(5, 0.34, 1.0, 0.5, 0.2), (6, 0.26, 0.6, 1.1, 0.18), (8, 0.15, 0.8, 0.7, 0.24)][
+        variant % 3
+    ]
+    white = rng.random() < 0.15
+    hue, sat, val = rng.uniform(0.72, 1.12) + 0.04 * variant, rng.uniform(0.45, 0.95), rng.uniform(0.7, 1.0)
+    sat = rng.uniform(0.0, 0.12) if white else sat
+    if rng.random() < 0.5:  # leaves peeking out behind the flower
+        for angle in rng.uniform(0, 2 * np.pi, 2):
+            leaf = _blade(0.95, 0.2, angle, 1.0, 0.8, np.zeros(2))
+            d.polygon(_px(leaf, n), fill=hsv(rng.uniform(0.22, 0.36), 0.6, rng.uniform(0.3, 0.55)))
+    start = rng.uniform(0, 2 * np.pi)
+    for k in range(count):
+        angle = start + 2 * np.pi * k / count + rng.normal(0, 0.06)
+        length = 0.85 * rng.uniform(0.88, 1.05)
+        origin = np.array([np.cos(angle), -np.sin(angle)]) * 0.04
+        d.polygon(_px(_blade(length, width, angle, q, p, origin), n), fill=hsv(hue, sat, val * rng.uniform(0.9, 1)))
+        inner = (0.5, sat * 0.7, min(1.0, val * 1.15)) if variant != 3 else (0.55, sat + 0.3, val * 0.35)
+        shade = _blade(length * inner[0], width * inner[0], angle, q, p, origin)
+        d.polygon(_px(shade, n), fill=hsv(hue + 0.02, inner[1], inner[2]))
+    disc_hue = rng.uniform(0.07, 0.16)
+    d.ellipse(_box(0, 0, disc, disc, n), fill=hsv(disc_hue, 0.85, rng.uniform(0.45, 0.95)))
+    for x, y in rng.uniform(-disc * 0.6, disc * 0.6, (12, 2)):
+        d.ellipse(_box(x, y, 0.02, 0.02, n), fill=hsv(disc_hue - 0.03, 0.9, 0.35))
+
+
+FORE = np.array([(0.04, -0.1), (0.22, -0.6), (0.55, -0.86), (0.9, -0.8), (0.88, -0.5), (0.5, -0.1), (0.06, 0.02)])
+HIND = np.array([(0.05, 0.0), (0.48, -0.04), (0.76, 0.2), (0.72, 0.58), (0.42, 0.8), (0.16, 0.62), (0.04, 0.22)])
+
+
+def _butterfly(canvas: Image.Image, n: int, rng: np.random.Generator, variant: int) -> None:
+    """Mirrored wings on a body; species: plain / white spots / dark bands / eyespots."""
+    d = ImageDraw.Draw(canvas, "RGBA")
+    hue = rng.uniform(0.0, 0.6) + 0.03 * variant
+    base = hsv(hue, rng.uniform(0.0, 0.25) if rng.random() < 0.15 else rng.uniform(0.5, 0.95), rng.uniform(0.7, 1))
+    dark = hsv(rng.uniform(0.0, 0.1), 0.6, rng.uniform(0.08, 0.2))
+    wings = [w + rng.normal(0, 0.025, w.shape) for w in (FORE, HIND)]
+    half = Image.new("RGB", (n, n), base)
+    hd = ImageDraw.Draw(half)
+    for vein_end in ((0.8, -0.7), (0.85, -0.45), (0.7, 0.45), (0.45, 0.7)):
+        hd.line(_px(np.array([(0.05, 0.0), vein_end]), n), fill=dark, width=max(1, n // 160))
+    if variant == 1:
+        for x, y in [(0.78, -0.72), (0.84, -0.58), (0.66, -0.76), (0.6, 0.5)] + [
+            tuple(rng.uniform(0.3, 0.6, 2) * (1, -1))
+        ]:
+            r = rng.uniform(0.035, 0.06)
+            hd.ellipse(_box(x, y, r, r, n), fill=hsv(0.14, 0.1, 0.97))
+    elif variant == 2:
+        for (x0, y0), (x1, y1) in (((0.2, -0.55), (0.85, -0.3)), ((0.15, 0.15), (0.7, 0.5))):
+            hd.line(_px(np.array([(x0, y0), (x1, y1)]), n), fill=dark, width=max(2, int(n * rng.uniform(0.05, 0.08))))
+    elif variant == 3:
+        for (x, y), r in (((0.62, -0.55), 0.09), ((0.48, 0.42), 0.14)):
+            for scale, colour in ((1.0, hsv(0.13, 0.8, 0.95)), (0.72, dark), (0.3, hsv(0.6, 0.5, 0.9))):
+                hd.ellipse(_box(x, y, r * scale, r * scale, n), fill=colour)
+    for wing in wings:  # dark border, clipped to the wing by the mask below
+        hd.polygon(_px(wing, n), outline=dark, width=max(2, n // 30))
+    mask = Image.new("L", (n, n), 0)
+    for wing in wings:
+        ImageDraw.Draw(mask).polygon(_px(wing, n), fill=255)
+    canvas.paste(half, (0, 0), mask)
+    canvas.paste(ImageOps.mirror(canvas), (0, 0), ImageOps.mirror(canvas.getchannel("A")))
+    d.ellipse(_box(0, 0.12, 0.055, 0.45, n), fill=dark)
+    d.ellipse(_box(0, -0.36, 0.07, 0.07, n), fill=dark)
+    for side in (-1, 1):
+        tip = (side * rng.uniform(0.2, 0.32), -0.9)
+        d.line(_px(np.array([(0, -0.4), tip]), n), fill=dark, width=max(1, n // 120))
+        d.ellipse(_box(*tip, 0.025, 0.025, n), fill=dark)
+
+
+def _beetle(canvas: Image.Image, n: int, rng: np.random.Generator, variant: int) -> None:
+    """Head, pronotum and elytra on six legs; species: round+spots / long+stripes / plain / bands."""
+    d = ImageDraw.Draw(canvas, "RGBA")
+    aspect = [1.15, 1.8, 1.45, 1.45][variant] * rng.uniform(0.93, 1.07)
+    eh = 0.46
+    ew = eh / aspect * 1.15
+    shell = hsv(rng.uniform(-0.05, 0.45) + 0.03 * variant, rng.uniform(0.55, 0.95), rng.uniform(0.35, 0.9))
+    dark = hsv(rng.uniform(0.0, 0.1), 0.5, rng.uniform(0.05, 0.16))
+    leg_w = max(1, n // 70)
+    for side in (-1, 1):
+        for y in (-0.22, 0.0, 0.2):
+            knee = (side * (ew + 0.16), y + rng.uniform(-0.12, 0.05))
+            foot = (side * (ew + 0.28), y + rng.uniform(-0.25, 0.25))
+            d.line(_px(np.array([(side * ew * 0.5, y), knee, foot]), n), fill=dark, width=leg_w, joint="curve")
+        d.line(
+            _px(np.array([(side * 0.05, -0.55), (side * 0.22, -0.8), (side * 0.3, -0.95)]), n), fill=dark, width=leg_w
+        )
+    d.ellipse(_box(0, -0.53, ew * 0.4, 0.09, n), fill=dark)
+    d.ellipse(_box(0, -0.34, ew * 0.78, 0.15, n), fill=dark)
+    d.ellipse(_box(0, 0.22, ew, eh, n), fill=shell, outline=dark, width=max(1, n // 90))
+    pattern = hsv(rng.uniform(0.0, 0.1), 0.5, rng.uniform(0.05, 0.2))
+    if variant == 0:
+        for x, y in [(0.45, 0.0), (0.5, 0.35), (0.25, 0.55), (0.2, -0.12)]:
+            for side in (-1, 1):
+                r = ew * rng.uniform(0.13, 0.2)
+                d.ellipse(_box(side * x * ew * 1.2, 0.22 + y * eh * 0.8, r, r, n), fill=pattern)
+    elif variant == 1:
+        for x in (-0.55, -0.28, 0.28, 0.55):
+            d.line(
+                _px(np.array([(x * ew, -0.12), (x * ew * 0.9, 0.55)]), n), fill=pattern, width=max(1, int(n * ew * 0.1))
+            )
+    elif variant == 3:
+        for y in (0.02, 0.38):
+            band = np.array([(x, y + 0.05 * np.sin(8 * x)) for x in np.linspace(-ew * 0.9, ew * 0.9, 9)])
+            d.line(_px(band, n), fill=pattern, width=max(2, int(n * 0.045)))
+    d.line(_px(np.array([(0, -0.22), (0, 0.67)]), n), fill=dark, width=max(1, n // 110))
+    d.ellipse(_box(-ew * 0.4, 0.0, ew * 0.18, eh * 0.3, n), fill=(255, 255, 255, 70))
+
+
+def _fern(canvas: Image.Image, n: int, rng: np.random.Generator, variant: int) -> None:
+    """Leaflets along a curved stem; species: narrow opposite / round alternate / lobed / triangular frond."""
+    d = ImageDraw.Draw(canvas, "RGBA")
+    pairs, width, q, p, alternate, taper = [
+        (14, 0.2, 0.8, 0.8, False, 0.5),
+        (9, 0.45, 1.0, 0.5, True, 0.5),
+        (11, 0.3, 1.0, 0.6, False, 0.5),
+        (13, 0.2, 0.8, 0.8, False, 1.0),
+    ][variant]
+    green = rng.uniform(0.18, 0.4) + 0.015 * variant
+    sat, val = rng.uniform(0.4, 0.85), rng.uniform(0.3, 0.8)
+    bend = rng.uniform(-0.35, 0.35)
+    s = np.linspace(0, 1, 40)
+    stem = np.stack([bend * 4 * s * (1 - s), 0.95 - 1.9 * s], 1)
+    d.line(_px(stem, n), fill=hsv(green - 0.08, sat * 0.6, val * 0.6), width=max(1, n // 80))
+    for i in range(pairs):
+        t = 0.06 + 0.9 * i / pairs
+        j = int(t * 39)
+        tangent = np.arctan2(-(stem[j + 1, 1] - stem[j, 1]), stem[j + 1, 0] - stem[j, 0])
+        length = 0.5 * (1 - taper * t - (1 - taper) * t**4) + 0.05
+        for side in (-1, 1):
+            shift = 0.45 / pairs if alternate and side > 0 else 0.0
+            base = stem[min(39, int((t + shift) * 39))]
+            angle = tangent + side * rng.uniform(0.9, 1.2)
+            colour = hsv(green + rng.normal(0, 0.01), sat, val * rng.uniform(0.85, 1.1))
+            if variant == 2:  # lobed: a row of shrinking lobes instead of one blade
+                for k in range(4):
+                    r = length * width * (1 - k * 0.2) * 0.8
+                    c = base + (k + 0.6) * length / 4.3 * np.array([np.cos(angle), -np.sin(angle)])
+                    d.ellipse(_box(*c, r, r, n), fill=colour)
+            else:
+                d.polygon(_px(_blade(length, length * width, angle, q, p, base), n), fill=colour)
+
+
+def _mushroom(canvas: Image.Image, n: int, rng: np.random.Generator, variant: int) -> None:
+    """Cap on a stem, upright; species: spotted dome / flat with gills / tall cone / scaly dome with ring."""
+    d = ImageDraw.Draw(canvas, "RGBA")
+    cap_w, cap_h, stem_h = [(0.75, 0.5, 0.55), (0.9, 0.22, 0.5), (0.42, 0.7, 0.8), (0.7, 0.45, 0.6)][variant]
+    cap_w, stem_h = cap_w * rng.uniform(0.85, 1.1), stem_h * rng.uniform(0.85, 1.15)
+    top = 0.95 - stem_h
+    stem_colour = hsv(rng.uniform(0.08, 0.13), rng.uniform(0.05, 0.3), rng.uniform(0.75, 0.95))
+    sw = 0.09 + 0.04 * (variant != 2)
+    d.polygon(_px(np.array([(-sw, top), (sw, top), (sw * 1.3, 0.95), (-sw * 1.3, 0.95)]), n), fill=stem_colour)
+    cap = hsv(rng.uniform(-0.04, 0.1) + 0.015 * variant, rng.uniform(0.45, 0.9), rng.uniform(0.4, 0.9))
+    if variant == 1:
+        d.ellipse(_box(0, top, cap_w, 0.08, n), fill=hsv(0.1, 0.15, 0.8))
+        for x in np.linspace(-cap_w * 0.9, cap_w * 0.9, 15):
+            d.line(_px(np.array([(0, top), (x, top + 0.05)]), n), fill=hsv(0.08, 0.3, 0.5), width=1)
+    x = np.linspace(-1, 1, 30)
+    profile = (1 - np.abs(x) ** 2) ** 0.5 if variant != 2 else (1 - np.abs(x)) ** 0.8
+    outline = np.stack([x * cap_w, top - cap_h * profile], 1)
+    d.polygon(_px(outline, n), fill=cap)
+    for cx, cy in rng.uniform(-1, 1, (9 if variant == 0 else 16, 2)) * (cap_w * 0.75, 0.5):
+        ty = top - cap_h * (1 - min(abs(cx / cap_w), 1) ** 2) ** 0.5 * (0.3 + 0.6 * (cy + 0.5))
+        if variant == 0:
+            d.ellipse(_box(cx, ty, 0.05, 0.04, n), fill=hsv(0.12, 0.08, 0.95))
+        elif variant == 3:
+            d.polygon(
+                _px(np.array([(cx, ty), (cx + 0.04, ty + 0.025), (cx - 0.03, ty + 0.03)]), n), fill=hsv(0.06, 0.5, 0.25)
+            )
+    if variant == 3:
+        d.polygon(
+            _px(
+                np.array(
+                    [(-sw * 1.1, top + 0.12), (sw * 1.1, top + 0.12), (sw * 1.8, top + 0.22), (-sw * 1.8, top + 0.22)]
+                ),
+                n,
+            ),
+            fill=stem_colour,
+        )
+
+
+def _snail(canvas: Image.Image, n: int, rng: np.random.Generator, variant: int) -> None:
+    """Spiral shell on a foot; species: banded / plain / tall spire / rayed (zebra) shell."""
+    d = ImageDraw.Draw(canvas, "RGBA")
+    body = hsv(rng.uniform(0.05, 0.12), rng.uniform(0.15, 0.4), rng.uniform(0.35, 0.7))
+    d.ellipse(_box(-0.1, 0.55, 0.85, 0.14, n), fill=body)
+    for tip in ((-0.95, 0.05), (-0.75, 0.0)):
+        d.line(_px(np.array([(-0.8, 0.5), tip]), n), fill=body, width=max(2, n // 50))
+        d.ellipse(_box(*tip, 0.03, 0.03, n), fill=hsv(0.05, 0.4, 0.2))
+    hue = rng.uniform(0.03, 0.15) + 0.01 * variant
+    shell, edge = hsv(hue, rng.uniform(0.3, 0.8), rng.uniform(0.5, 0.95)), hsv(hue, 0.7, 0.25)
+    turns, decay, lift = [(3.0, 0.16, 0.0), (3.0, 0.16, 0.0), (4.5, 0.1, 0.12), (3.0, 0.16, 0.0)][variant]
+    steps = 50
+    for k in range(steps):
+        theta = k / steps * turns * 2 * np.pi
+        scale = np.exp(-decay * theta)
+        centre = (
+            0.1 + 0.25 * scale * np.cos(theta) + lift * theta * 0.25,
+            0.05 - 0.25 * scale * np.sin(theta) - lift * theta * 0.2,
+        )
+        radius = 0.45 * scale
+        zebra = variant == 3 and (k // 3) % 2 == 1
+        d.ellipse(_box(*centre, radius, radius, n), fill=edge if zebra else shell, outline=edge, width=max(1, n // 150))
+        if variant == 0:
+            d.ellipse(_box(*centre, radius * 0.6, radius * 0.6, n), outline=edge, width=max(1, int(n * radius * 0.12)))
+
+
+@dataclass(frozen=True)
+class Family:
+    draw: Drawer
+    max_tilt: float  # degrees the subject may be turned: mushrooms and snails stand upright
+    species: tuple[tuple[str, str], ...]  # (slug, common name), index = variant
+
+
+FAMILIES: dict[str, Family] = {
+    "flowers": Family(
+        _flower,
+        180,
+        (
+            ("rosa-pentapetala", "Five-petal rose"),
+            ("lilium-hexastella", "Star lily"),
+            ("aster-octoradiata", "Eight-ray aster"),
+            ("malva-oculata", "Eyed mallow"),
+        ),
+    ),
+    "butterflies": Family(
+        _butterfly,
+        180,
+        (
+            ("pieris-simplex", "Plain white"),
+            ("lycaena-punctata", "Spotted copper"),
+            ("heliconius-fasciata", "Banded longwing"),
+            ("junonia-ocellata", "Eyed buckeye"),
+        ),
+    ),
+    "beetles": Family(
+        _beetle,
+        180,
+        (
+            ("coccinella-rotunda", "Round lady beetle"),
+            ("carabus-lineatus", "Striped ground beetle"),
+            ("chrysolina-nitida", "Glossy leaf beetle"),
+            ("trichodes-cinctus", "Banded checkered beetle"),
+        ),
+    ),
+    "ferns": Family(
+        _fern,
+        180,
+        (
+            ("polypodium-angustum", "Narrow polypody"),
+            ("adiantum-rotundum", "Round maidenhair"),
+            ("dryopteris-lobata", "Lobed wood fern"),
+            ("blechnum-deltoideum", "Triangle hard fern"),
+        ),
+    ),
+    "mushrooms": Family(
+        _mushroom,
+        20,
+        (
+            ("amanita-guttata", "Spotted amanita"),
+            ("agaricus-planus", "Flat field mushroom"),
+            ("mycena-conica", "Conical bonnet"),
+            ("lepiota-annulata", "Ringed parasol"),
+        ),
+    ),
+    "snails": Family(
+        _snail,
+        30,
+        (
+            ("cepaea-fasciata", "Banded snail"),
+            ("helix-simplex", "Plain garden snail"),
+            ("cochlicella-turrita", "Tower snail"),
+            ("zonites-radiatus", "Rayed glass snail"),
+        ),
+    ),
+}
+
+
+def lookup(species: str) -> tuple[Family, int]:
+    """The family drawing `species` and the species' variant (its trait) inside it."""
+    for family in FAMILIES.values():
+        for variant, (slug, _) in enumerate(family.species):
+            if slug == species:
+                return family, variant
+    raise KeyError(f"unknown synthetic species {species!r}")
+
+
+def draw_subject(species: str, rng: np.random.Generator, side: int) -> Image.Image:
+    """The subject alone on a transparent side x side canvas, ready to be turned and placed."""
+    family, variant = lookup(species)
+    canvas = Image.new("RGBA", (side, side), (0, 0, 0, 0))
+    family.draw(canvas, side, rng, variant)
+    return canvas

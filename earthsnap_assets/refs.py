@@ -1,0 +1,56 @@
+"""Values passed between assets: identities of artifacts (URIs, versions, hashes), never the data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from earthsnap_assets.ml.hashing import fingerprint
+from earthsnap_assets.ml.manifest import RawObject
+
+
+@dataclass(frozen=True)
+class RawListing:
+    """What is under the raw prefix at one moment, and a hash of it (its data version)."""
+
+    bucket: str
+    prefix: str
+    objects: tuple[RawObject, ...]
+    taxonomy_key: str
+    taxonomy_etag: str | None
+
+    @property
+    def listing_hash(self) -> str:
+        rows = [(o.key, o.etag) for o in self.objects] + [(self.taxonomy_key, self.taxonomy_etag or "")]
+        return fingerprint(rows)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(o.size for o in self.objects)
+
+
+@dataclass(frozen=True)
+class ManifestRef:
+    dataset_version: str
+    bucket: str
+    prefix: str
+    accepted: int
+    rejected: int
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}manifest.json"
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    dataset_version: str
+    layout_id: str
+    bucket: str
+    prefix: str
+    image_size: int
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    labels: dict = field(default_factory=dict)
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}dataset.json"

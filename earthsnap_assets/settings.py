@@ -1,0 +1,87 @@
+"""Endpoints, credentials and names, from environment variables with local-stack defaults.
+
+Read at call time, never at import: a Dagster code location, the CLI and the tests each build a
+`Settings` when they need one, so changing the environment of a process is all that moves it from the
+laptop stack to AWS.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be an integer port, got {raw!r}") from exc
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a process needs to reach the stack.
+
+    Environment variables (defaults in brackets):
+      EARTHSNAP_HOME [./.earthsnap]           state of the local stack (data, logs, pids)
+      EARTHSNAP_S3_PORT [8333]                SeaweedFS S3 port of the local stack
+      EARTHSNAP_S3_ENDPOINT [http://127.0.0.1:<s3 port>]; set to "aws" for AWS's own endpoints
+      EARTHSNAP_S3_ACCESS_KEY [earthsnap], EARTHSNAP_S3_SECRET_KEY [earthsnap-secret]
+      EARTHSNAP_S3_REGION [us-east-1]
+      EARTHSNAP_RAW_BUCKET [earthsnap-raw], EARTHSNAP_LAKE_BUCKET [earthsnap-lake],
+      EARTHSNAP_MLFLOW_BUCKET [earthsnap-mlflow]
+      EARTHSNAP_MLFLOW_PORT [5000], MLFLOW_TRACKING_URI [http://127.0.0.1:<mlflow port>]
+      EARTHSNAP_DAGSTER_PORT [3000]
+      EARTHSNAP_WEED_MASTER_PORT [9333], EARTHSNAP_WEED_VOLUME_PORT [8380], EARTHSNAP_WEED_FILER_PORT [8888]
+    """
+
+    home: Path
+    s3_port: int
+    s3_endpoint: str | None
+    access_key: str
+    secret_key: str
+    region: str
+    raw_bucket: str
+    lake_bucket: str
+    mlflow_bucket: str
+    mlflow_port: int
+    mlflow_tracking_uri: str
+    dagster_port: int
+    weed_master_port: int
+    weed_volume_port: int
+    weed_filer_port: int
+    env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        s3_port = _int(env, "EARTHSNAP_S3_PORT", 8333)
+        mlflow_port = _int(env, "EARTHSNAP_MLFLOW_PORT", 5000)
+        endpoint = env.get("EARTHSNAP_S3_ENDPOINT") or f"http://127.0.0.1:{s3_port}"
+        return cls(
+            home=Path(env.get("EARTHSNAP_HOME") or ".earthsnap").absolute(),
+            s3_port=s3_port,
+            s3_endpoint=None if endpoint == "aws" else endpoint,
+            access_key=env.get("EARTHSNAP_S3_ACCESS_KEY", "earthsnap"),
+            secret_key=env.get("EARTHSNAP_S3_SECRET_KEY", "earthsnap-secret"),
+            region=env.get("EARTHSNAP_S3_REGION", "us-east-1"),
+            raw_bucket=env.get("EARTHSNAP_RAW_BUCKET", "earthsnap-raw"),
+            lake_bucket=env.get("EARTHSNAP_LAKE_BUCKET", "earthsnap-lake"),
+            mlflow_bucket=env.get("EARTHSNAP_MLFLOW_BUCKET", "earthsnap-mlflow"),
+            mlflow_port=mlflow_port,
+            mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI") or f"http://127.0.0.1:{mlflow_port}",
+            dagster_port=_int(env, "EARTHSNAP_DAGSTER_PORT", 3000),
+            weed_master_port=_int(env, "EARTHSNAP_WEED_MASTER_PORT", 9333),
+            weed_volume_port=_int(env, "EARTHSNAP_WEED_VOLUME_PORT", 8380),
+            weed_filer_port=_int(env, "EARTHSNAP_WEED_FILER_PORT", 8888),
+            env=env,
+        )
+
+    @property
+    def buckets(self) -> tuple[str, str, str]:
+        return (self.raw_bucket, self.lake_bucket, self.mlflow_bucket)
