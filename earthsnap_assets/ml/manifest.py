@@ -100,8 +100,9 @@ def species_of(key: str, prefix: str) -> str | None:
     """`<prefix><species>/<file>` -> species; None for anything not in that layout."""
     if not key.startswith(prefix):
         return None
-    parts = PurePosixPath(key[len(prefix) :]).parts
-    return parts[0] if len(parts) == 2 else None
+    rest = key[len(prefix) :]
+    parts = PurePosixPath(rest).parts
+    return parts[0] if len(parts) == 2 and not rest.startswith("/") else None
 
 
 def dataset_version(accepted: list[ManifestEntry], rules: QualityRules, taxonomy: Taxonomy) -> str:

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import PurePosixPath
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from earthsnap_assets.ml.hashing import fingerprint, sha256_bytes
 from earthsnap_assets.ml.preprocessing import decode, open_header, to_rgb
@@ -95,6 +95,8 @@ def inspect_image(data: bytes, key: str, rules: QualityRules) -> ImageCheck:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         return _reject(data, "not_an_image", f"cannot identify image content: {exc}")
     fmt, (width, height), mode = header.format, header.size, header.mode
+    if fmt == "MPO":  # phone cameras' multi-picture JPEGs: the first picture is an ordinary JPEG
+        fmt = "JPEG"
     known = {"format": fmt, "mode": mode, "width": width, "height": height}
     if fmt not in rules.allowed_formats:
         return _reject(data, "format_not_allowed", f"{fmt} is not one of {list(rules.allowed_formats)}", **known)
@@ -108,7 +110,10 @@ def inspect_image(data: bytes, key: str, rules: QualityRules) -> ImageCheck:
         fingerprint_hash = dhash(image)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         return _reject(data, "corrupt", f"does not decode fully: {exc}", **known)
-    rotated = (image.width < image.height) != (width < height)  # EXIF orientation turned it by 90 degrees
+    if fmt == "JPEG":  # draft decoding may round both sides to one size: read the tag exif_transpose obeyed
+        rotated = header.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
+    else:
+        rotated = (image.width < image.height) != (width < height)  # EXIF orientation turned it by 90 degrees
     oriented_w, oriented_h = (height, width) if rotated else (width, height)
     return ImageCheck(
         sha256=sha256_bytes(data),

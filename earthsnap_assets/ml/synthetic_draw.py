@@ -40,7 +40,7 @@ def _blade(length: float, width: float, angle: float, q: float, p: float, start:
     half = width * np.sin(np.pi * t**q) ** p
     local = np.concatenate([np.stack([t * length, half], 1), np.stack([t * length, -half], 1)[::-1]])
     c, s = np.cos(angle), np.sin(angle)
-    return local @ np.array([[c, s], [-s, c]]) + start
+    return local @ np.array([[c, -s], [s, c]]) + start  # axis along (cos, -sin): y points down
 
 
 def _flower(canvas: Image.Image, n: int, rng: np.random.Generator, variant: int) -> None:
@@ -75,43 +75,53 @@ FORE = np.array([(0.04, -0.1), (0.22, -0.6), (0.55, -0.86), (0.9, -0.8), (0.88, 
 HIND = np.array([(0.05, 0.0), (0.48, -0.04), (0.76, 0.2), (0.72, 0.58), (0.42, 0.8), (0.16, 0.62), (0.04, 0.22)])
 
 
+def _smooth(polygon: np.ndarray, rounds: int = 2) -> np.ndarray:
+    """Chaikin corner cutting: a hand-placed polygon becomes a rounded outline."""
+    for _ in range(rounds):
+        following = np.roll(polygon, -1, axis=0)
+        polygon = np.stack([0.75 * polygon + 0.25 * following, 0.25 * polygon + 0.75 * following], 1).reshape(-1, 2)
+    return polygon
+
+
 def _butterfly(canvas: Image.Image, n: int, rng: np.random.Generator, variant: int) -> None:
     """Mirrored wings on a body; species: plain / white spots / dark bands / eyespots."""
-    d = ImageDraw.Draw(canvas, "RGBA")
     hue = rng.uniform(0.0, 0.6) + 0.03 * variant
     base = hsv(hue, rng.uniform(0.0, 0.25) if rng.random() < 0.15 else rng.uniform(0.5, 0.95), rng.uniform(0.7, 1))
     dark = hsv(rng.uniform(0.0, 0.1), 0.6, rng.uniform(0.08, 0.2))
-    wings = [w + rng.normal(0, 0.025, w.shape) for w in (FORE, HIND)]
+    wings = [_px(_smooth(w + rng.normal(0, 0.025, w.shape)), n) for w in (FORE, HIND)]
     half = Image.new("RGB", (n, n), base)
     hd = ImageDraw.Draw(half)
     for vein_end in ((0.8, -0.7), (0.85, -0.45), (0.7, 0.45), (0.45, 0.7)):
         hd.line(_px(np.array([(0.05, 0.0), vein_end]), n), fill=dark, width=max(1, n // 160))
+    for wing in wings:  # dark border, clipped to the wing by the mask below
+        hd.polygon(wing, outline=dark, width=max(2, n // 30))
     if variant == 1:
-        for x, y in [(0.78, -0.72), (0.84, -0.58), (0.66, -0.76), (0.6, 0.5)] + [
-            tuple(rng.uniform(0.3, 0.6, 2) * (1, -1))
-        ]:
-            r = rng.uniform(0.035, 0.06)
+        spots = [(0.8, -0.74), (0.86, -0.58), (0.66, -0.78), (0.62, 0.55), tuple(rng.uniform(0.3, 0.6, 2) * (1, -1))]
+        for x, y in spots:
+            r = rng.uniform(0.045, 0.07)
             hd.ellipse(_box(x, y, r, r, n), fill=hsv(0.14, 0.1, 0.97))
     elif variant == 2:
-        for (x0, y0), (x1, y1) in (((0.2, -0.55), (0.85, -0.3)), ((0.15, 0.15), (0.7, 0.5))):
-            hd.line(_px(np.array([(x0, y0), (x1, y1)]), n), fill=dark, width=max(2, int(n * rng.uniform(0.05, 0.08))))
+        for band in (((0.2, -0.55), (0.85, -0.3)), ((0.15, 0.15), (0.7, 0.5))):
+            hd.line(_px(np.array(band), n), fill=dark, width=max(2, int(n * rng.uniform(0.05, 0.08))))
     elif variant == 3:
         for (x, y), r in (((0.62, -0.55), 0.09), ((0.48, 0.42), 0.14)):
             for scale, colour in ((1.0, hsv(0.13, 0.8, 0.95)), (0.72, dark), (0.3, hsv(0.6, 0.5, 0.9))):
                 hd.ellipse(_box(x, y, r * scale, r * scale, n), fill=colour)
-    for wing in wings:  # dark border, clipped to the wing by the mask below
-        hd.polygon(_px(wing, n), outline=dark, width=max(2, n // 30))
     mask = Image.new("L", (n, n), 0)
     for wing in wings:
-        ImageDraw.Draw(mask).polygon(_px(wing, n), fill=255)
+        ImageDraw.Draw(mask).polygon(wing, fill=255)
     canvas.paste(half, (0, 0), mask)
-    canvas.paste(ImageOps.mirror(canvas), (0, 0), ImageOps.mirror(canvas.getchannel("A")))
+    canvas.paste(ImageOps.mirror(canvas), (0, 0), ImageOps.mirror(mask))
+    d = ImageDraw.Draw(canvas, "RGBA")
     d.ellipse(_box(0, 0.12, 0.055, 0.45, n), fill=dark)
     d.ellipse(_box(0, -0.36, 0.07, 0.07, n), fill=dark)
     for side in (-1, 1):
         tip = (side * rng.uniform(0.2, 0.32), -0.9)
         d.line(_px(np.array([(0, -0.4), tip]), n), fill=dark, width=max(1, n // 120))
         d.ellipse(_box(*tip, 0.025, 0.025, n), fill=dark)
+    seen_from_side = canvas.resize((max(1, int(n * rng.uniform(0.55, 1.0))), n), Image.BILINEAR)
+    canvas.paste((0, 0, 0, 0), (0, 0, n, n))  # wings tilted away from the camera look narrower
+    canvas.paste(seen_from_side, ((n - seen_from_side.width) // 2, 0))
 
 
 def _beetle(canvas: Image.Image, n: int, rng: np.random.Generator, variant: int) -> None:
@@ -156,35 +166,32 @@ def _beetle(canvas: Image.Image, n: int, rng: np.random.Generator, variant: int)
 def _fern(canvas: Image.Image, n: int, rng: np.random.Generator, variant: int) -> None:
     """Leaflets along a curved stem; species: narrow opposite / round alternate / lobed / triangular frond."""
     d = ImageDraw.Draw(canvas, "RGBA")
-    pairs, width, q, p, alternate, taper = [
-        (14, 0.2, 0.8, 0.8, False, 0.5),
-        (9, 0.45, 1.0, 0.5, True, 0.5),
-        (11, 0.3, 1.0, 0.6, False, 0.5),
-        (13, 0.2, 0.8, 0.8, False, 1.0),
+    pairs, longest, width, q, p, alternate, taper = [
+        (14, 0.5, 0.13, 0.8, 0.8, False, 0.45),
+        (9, 0.34, 0.4, 1.0, 0.5, True, 0.45),
+        (11, 0.46, 0.2, 1.0, 0.6, False, 0.45),
+        (13, 0.58, 0.13, 0.8, 0.8, False, 1.0),
     ][variant]
     green = rng.uniform(0.18, 0.4) + 0.015 * variant
     sat, val = rng.uniform(0.4, 0.85), rng.uniform(0.3, 0.8)
-    bend = rng.uniform(-0.35, 0.35)
-    s = np.linspace(0, 1, 40)
-    stem = np.stack([bend * 4 * s * (1 - s), 0.95 - 1.9 * s], 1)
+    s = np.linspace(0, 1, 41)
+    stem = np.stack([rng.uniform(-0.35, 0.35) * 4 * s * (1 - s), 0.95 - 1.9 * s], 1)
     d.line(_px(stem, n), fill=hsv(green - 0.08, sat * 0.6, val * 0.6), width=max(1, n // 80))
     for i in range(pairs):
-        t = 0.06 + 0.9 * i / pairs
-        j = int(t * 39)
-        tangent = np.arctan2(-(stem[j + 1, 1] - stem[j, 1]), stem[j + 1, 0] - stem[j, 0])
-        length = 0.5 * (1 - taper * t - (1 - taper) * t**4) + 0.05
         for side in (-1, 1):
-            shift = 0.45 / pairs if alternate and side > 0 else 0.0
-            base = stem[min(39, int((t + shift) * 39))]
-            angle = tangent + side * rng.uniform(0.9, 1.2)
+            t = 0.14 + 0.84 * i / pairs + (0.42 / pairs if alternate and side > 0 else 0.0)
+            j = min(39, int(t * 40))
+            tangent = np.arctan2(stem[j, 1] - stem[j + 1, 1], stem[j + 1, 0] - stem[j, 0])
+            length = longest * (1 - taper * t - (1 - taper) * t**4) * rng.uniform(0.9, 1.1) + 0.04
+            angle = tangent + side * rng.uniform(1.1, 1.35)
             colour = hsv(green + rng.normal(0, 0.01), sat, val * rng.uniform(0.85, 1.1))
             if variant == 2:  # lobed: a row of shrinking lobes instead of one blade
                 for k in range(4):
-                    r = length * width * (1 - k * 0.2) * 0.8
-                    c = base + (k + 0.6) * length / 4.3 * np.array([np.cos(angle), -np.sin(angle)])
+                    r = length * width * (1 - k * 0.2)
+                    c = stem[j] + (k + 0.6) * length / 4.3 * np.array([np.cos(angle), -np.sin(angle)])
                     d.ellipse(_box(*c, r, r, n), fill=colour)
             else:
-                d.polygon(_px(_blade(length, length * width, angle, q, p, base), n), fill=colour)
+                d.polygon(_px(_blade(length, length * width, angle, q, p, stem[j]), n), fill=colour)
 
 
 def _mushroom(canvas: Image.Image, n: int, rng: np.random.Generator, variant: int) -> None:
@@ -235,20 +242,20 @@ def _snail(canvas: Image.Image, n: int, rng: np.random.Generator, variant: int) 
         d.ellipse(_box(*tip, 0.03, 0.03, n), fill=hsv(0.05, 0.4, 0.2))
     hue = rng.uniform(0.03, 0.15) + 0.01 * variant
     shell, edge = hsv(hue, rng.uniform(0.3, 0.8), rng.uniform(0.5, 0.95)), hsv(hue, 0.7, 0.25)
-    turns, decay, lift = [(3.0, 0.16, 0.0), (3.0, 0.16, 0.0), (4.5, 0.1, 0.12), (3.0, 0.16, 0.0)][variant]
-    steps = 50
-    for k in range(steps):
-        theta = k / steps * turns * 2 * np.pi
-        scale = np.exp(-decay * theta)
-        centre = (
-            0.1 + 0.25 * scale * np.cos(theta) + lift * theta * 0.25,
-            0.05 - 0.25 * scale * np.sin(theta) - lift * theta * 0.2,
-        )
-        radius = 0.45 * scale
+    turns, decay, lift = [(3.0, 0.16, 0.0), (3.0, 0.16, 0.0), (4.0, 0.1, 0.12), (3.0, 0.16, 0.0)][variant]
+    theta = np.linspace(0, turns * 2 * np.pi, 50)
+    scale = np.exp(-decay * theta)
+    direction = np.stack([np.cos(theta), -np.sin(theta)], 1)
+    centres = np.array([0.1, 0.05]) + 0.25 * scale[:, None] * direction + lift * theta[:, None] * [0.12, -0.22]
+    for k, ((cx, cy), s) in enumerate(zip(centres, scale, strict=True)):  # whorls, outermost first
         zebra = variant == 3 and (k // 3) % 2 == 1
-        d.ellipse(_box(*centre, radius, radius, n), fill=edge if zebra else shell, outline=edge, width=max(1, n // 150))
-        if variant == 0:
-            d.ellipse(_box(*centre, radius * 0.6, radius * 0.6, n), outline=edge, width=max(1, int(n * radius * 0.12)))
+        d.ellipse(
+            _box(cx, cy, 0.45 * s, 0.45 * s, n), fill=edge if zebra else shell, outline=edge, width=max(1, n // 150)
+        )
+    if variant == 0:  # one dark band winding along the middle of the whorls
+        band = centres + 0.22 * scale[:, None] * direction
+        for k in range(len(band) - 1):
+            d.line(_px(band[k : k + 2], n), fill=edge, width=max(1, int(n * 0.045 * scale[k])))
 
 
 @dataclass(frozen=True)

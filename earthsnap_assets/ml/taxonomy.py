@@ -45,9 +45,10 @@ def _check_slug(value: str, column: str, line: int) -> str:
 
 def parse_taxonomy(text: str) -> Taxonomy:
     """Parse `species,group[,extra...]` CSV text; every problem is an error naming its line."""
+    text = text.lstrip("\ufeff")  # before the emptiness check: a BOM alone is still an empty file
     if not text.strip():
         raise TaxonomyError("taxonomy.csv is empty: expected a header line 'species,group'")
-    reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff")))
+    reader = csv.DictReader(io.StringIO(text))
     header = [h.strip() for h in (reader.fieldnames or [])]
     if "species" not in header or "group" not in header:
         raise TaxonomyError(f"line 1: header must contain 'species' and 'group', got {header}")

@@ -30,5 +30,5 @@ class LakeIOManager(dg.ConfigurableIOManager):
         context.add_output_metadata({"value_uri": self.store.uri(self.store.lake_bucket, key)})
 
     def load_input(self, context: dg.InputContext) -> object:
-        key = self._key(context.upstream_output) if context.upstream_output else self._key(context)
+        key = self._key(context)
         return pickle.loads(self.store.read(self.store.lake_bucket, key))

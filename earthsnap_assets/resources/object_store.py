@@ -94,6 +94,13 @@ class ObjectStore(dg.ConfigurableResource):
     def list_keys(self, bucket: str, prefix: str) -> list[str]:
         return [o.key for o in self.list_objects(bucket, prefix)]
 
+    def ensure_bucket(self, bucket: str) -> None:
+        """Create `bucket` unless it exists (idempotent)."""
+        try:
+            self.client.head_bucket(Bucket=bucket)
+        except ClientError:
+            self.client.create_bucket(Bucket=bucket)
+
     def upload_many(self, bucket: str, items: dict[str, bytes], threads: int = 16) -> None:
         """Write many small objects concurrently."""
         with ThreadPoolExecutor(threads) as pool:
