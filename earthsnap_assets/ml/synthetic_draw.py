@@ -46,11 +46,14 @@ def _blade(length: float, width: float, angle: float, q: float, p: float, start:
 def _flower(canvas: Image.Image, n: int, rng: np.random.Generator, variant: int) -> None:
     """Radial petals around a disc; species: 5 round / 6 pointed / 8 narrow petals / 5 with a dark eye."""
     d = ImageDraw.Draw(canvas, "RGBA")
-    count, width, q, p, disc = [(5, 0.34, 1.0, 0.5, 0.2), (6, 0.26, 0.6, 1.1, 0.18), (8, 0.15, 0.8, 0.7, 0.24)][
-        variant % 3
-    ]
+    count, width, q, p, disc = [
+        (5, 0.34, 1.0, 0.5, 0.15),
+        (6, 0.26, 0.6, 1.1, 0.2),
+        (8, 0.15, 0.8, 0.7, 0.3),
+        (5, 0.34, 1.0, 0.5, 0.16),
+    ][variant]
     white = rng.random() < 0.15
-    hue, sat, val = rng.uniform(0.72, 1.12) + 0.04 * variant, rng.uniform(0.45, 0.95), rng.uniform(0.7, 1.0)
+    hue, sat, val = rng.uniform(0.75, 1.08) + (0.0, 0.06, -0.06, 0.03)[variant], rng.uniform(0.45, 0.95), rng.uniform(0.7, 1.0)
     sat = rng.uniform(0.0, 0.12) if white else sat
     if rng.random() < 0.5:  # leaves peeking out behind the flower
         for angle in rng.uniform(0, 2 * np.pi, 2):
@@ -62,7 +65,7 @@ def _flower(canvas: Image.Image, n: int, rng: np.random.Generator, variant: int)
         length = 0.85 * rng.uniform(0.88, 1.05)
         origin = np.array([np.cos(angle), -np.sin(angle)]) * 0.04
         d.polygon(_px(_blade(length, width, angle, q, p, origin), n), fill=hsv(hue, sat, val * rng.uniform(0.9, 1)))
-        inner = (0.5, sat * 0.7, min(1.0, val * 1.15)) if variant != 3 else (0.55, sat + 0.3, val * 0.35)
+        inner = (0.5, sat * 0.7, min(1.0, val * 1.15)) if variant != 3 else (0.6, sat + 0.3, val * 0.3)
         shade = _blade(length * inner[0], width * inner[0], angle, q, p, origin)
         d.polygon(_px(shade, n), fill=hsv(hue + 0.02, inner[1], inner[2]))
     disc_hue = rng.uniform(0.07, 0.16)
@@ -85,7 +88,7 @@ def _smooth(polygon: np.ndarray, rounds: int = 2) -> np.ndarray:
 
 def _butterfly(canvas: Image.Image, n: int, rng: np.random.Generator, variant: int) -> None:
     """Mirrored wings on a body; species: plain / white spots / dark bands / eyespots."""
-    hue = rng.uniform(0.0, 0.6) + 0.03 * variant
+    hue = rng.uniform(0.0, 0.6) + 0.07 * variant
     base = hsv(hue, rng.uniform(0.0, 0.25) if rng.random() < 0.15 else rng.uniform(0.5, 0.95), rng.uniform(0.7, 1))
     dark = hsv(rng.uniform(0.0, 0.1), 0.6, rng.uniform(0.08, 0.2))
     wings = [_px(_smooth(w + rng.normal(0, 0.025, w.shape)), n) for w in (FORE, HIND)]
@@ -98,13 +101,13 @@ def _butterfly(canvas: Image.Image, n: int, rng: np.random.Generator, variant: i
     if variant == 1:
         spots = [(0.8, -0.74), (0.86, -0.58), (0.66, -0.78), (0.62, 0.55), tuple(rng.uniform(0.3, 0.6, 2) * (1, -1))]
         for x, y in spots:
-            r = rng.uniform(0.045, 0.07)
+            r = rng.uniform(0.06, 0.09)
             hd.ellipse(_box(x, y, r, r, n), fill=hsv(0.14, 0.1, 0.97))
     elif variant == 2:
         for band in (((0.2, -0.55), (0.85, -0.3)), ((0.15, 0.15), (0.7, 0.5))):
-            hd.line(_px(np.array(band), n), fill=dark, width=max(2, int(n * rng.uniform(0.05, 0.08))))
+            hd.line(_px(np.array(band), n), fill=dark, width=max(2, int(n * rng.uniform(0.07, 0.1))))
     elif variant == 3:
-        for (x, y), r in (((0.62, -0.55), 0.09), ((0.48, 0.42), 0.14)):
+        for (x, y), r in (((0.6, -0.52), 0.12), ((0.46, 0.4), 0.18)):
             for scale, colour in ((1.0, hsv(0.13, 0.8, 0.95)), (0.72, dark), (0.3, hsv(0.6, 0.5, 0.9))):
                 hd.ellipse(_box(x, y, r * scale, r * scale, n), fill=colour)
     mask = Image.new("L", (n, n), 0)
@@ -127,10 +130,10 @@ def _butterfly(canvas: Image.Image, n: int, rng: np.random.Generator, variant: i
 def _beetle(canvas: Image.Image, n: int, rng: np.random.Generator, variant: int) -> None:
     """Head, pronotum and elytra on six legs; species: round+spots / long+stripes / plain / bands."""
     d = ImageDraw.Draw(canvas, "RGBA")
-    aspect = [1.15, 1.8, 1.45, 1.45][variant] * rng.uniform(0.93, 1.07)
+    aspect = [1.0, 2.0, 1.45, 1.3][variant] * rng.uniform(0.93, 1.07)
     eh = 0.46
     ew = eh / aspect * 1.15
-    shell = hsv(rng.uniform(-0.05, 0.45) + 0.03 * variant, rng.uniform(0.55, 0.95), rng.uniform(0.35, 0.9))
+    shell = hsv(rng.uniform(-0.05, 0.45) + 0.07 * variant, rng.uniform(0.55, 0.95), rng.uniform(0.35, 0.9))
     dark = hsv(rng.uniform(0.0, 0.1), 0.5, rng.uniform(0.05, 0.16))
     leg_w = max(1, n // 70)
     for side in (-1, 1):
@@ -148,17 +151,19 @@ def _beetle(canvas: Image.Image, n: int, rng: np.random.Generator, variant: int)
     if variant == 0:
         for x, y in [(0.45, 0.0), (0.5, 0.35), (0.25, 0.55), (0.2, -0.12)]:
             for side in (-1, 1):
-                r = ew * rng.uniform(0.13, 0.2)
+                r = ew * rng.uniform(0.12, 0.17)
                 d.ellipse(_box(side * x * ew * 1.2, 0.22 + y * eh * 0.8, r, r, n), fill=pattern)
     elif variant == 1:
         for x in (-0.55, -0.28, 0.28, 0.55):
             d.line(
-                _px(np.array([(x * ew, -0.12), (x * ew * 0.9, 0.55)]), n), fill=pattern, width=max(1, int(n * ew * 0.1))
+                _px(np.array([(x * ew, -0.12), (x * ew * 0.9, 0.55)]), n),
+                fill=pattern,
+                width=max(1, int(n * ew * 0.1)),
             )
     elif variant == 3:
         for y in (0.02, 0.38):
             band = np.array([(x, y + 0.05 * np.sin(8 * x)) for x in np.linspace(-ew * 0.9, ew * 0.9, 9)])
-            d.line(_px(band, n), fill=pattern, width=max(2, int(n * 0.045)))
+            d.line(_px(band, n), fill=pattern, width=max(2, int(n * 0.07)))
     d.line(_px(np.array([(0, -0.22), (0, 0.67)]), n), fill=dark, width=max(1, n // 110))
     d.ellipse(_box(-ew * 0.4, 0.0, ew * 0.18, eh * 0.3, n), fill=(255, 255, 255, 70))
 
@@ -168,11 +173,11 @@ def _fern(canvas: Image.Image, n: int, rng: np.random.Generator, variant: int) -
     d = ImageDraw.Draw(canvas, "RGBA")
     pairs, longest, width, q, p, alternate, taper = [
         (14, 0.5, 0.13, 0.8, 0.8, False, 0.45),
-        (9, 0.34, 0.4, 1.0, 0.5, True, 0.45),
-        (11, 0.46, 0.2, 1.0, 0.6, False, 0.45),
+        (7, 0.38, 0.45, 1.0, 0.5, True, 0.45),
+        (10, 0.46, 0.25, 1.0, 0.6, False, 0.45),
         (13, 0.58, 0.13, 0.8, 0.8, False, 1.0),
     ][variant]
-    green = rng.uniform(0.18, 0.4) + 0.015 * variant
+    green = rng.uniform(0.18, 0.36) + 0.025 * variant
     sat, val = rng.uniform(0.4, 0.85), rng.uniform(0.3, 0.8)
     s = np.linspace(0, 1, 41)
     stem = np.stack([rng.uniform(-0.35, 0.35) * 4 * s * (1 - s), 0.95 - 1.9 * s], 1)

@@ -1,0 +1,96 @@
+"""Pixels -> model input: one eval transform shared by evaluation and serving, and the train augmentation.
+
+Shards hold `load_image_array` output (uint8, S x S x 3), and the endpoint decodes uploads with the same
+function, so `to_model_input` is the whole eval path. Augmentation works on a whole uint8 batch at once
+(one `grid_sample` does crop + flip for every sample) and draws all its randomness from the generator it
+is given, so an epoch's augmentation is a pure function of (batch, generator state).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from earthsnap_assets.ml.preprocessing import PreprocessConfig, load_image_array
+
+# Fixed normalisation constants (ImageNet statistics): part of the model contract, never fitted per dataset.
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+CROP_SCALE = (0.6, 1.0)  # fraction of the image area kept by the random crop
+CROP_RATIO = (3 / 4, 4 / 3)  # aspect ratio range of the crop
+JITTER = 0.3  # brightness / contrast / saturation factors drawn from [1 - JITTER, 1 + JITTER]
+_GRAY = (0.299, 0.587, 0.114)
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """Float NCHW or CHW in [0, 1] -> normalised with MEAN/STD."""
+    shape = (3, 1, 1)
+    mean = torch.tensor(MEAN, dtype=x.dtype, device=x.device).view(shape)
+    std = torch.tensor(STD, dtype=x.dtype, device=x.device).view(shape)
+    return (x - mean) / std
+
+
+def to_model_input(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 HWC -> float32 CHW, or uint8 NHWC -> float32 NCHW, scaled to [0, 1] and normalised."""
+    x = torch.from_numpy(np.ascontiguousarray(pixels)) if isinstance(pixels, np.ndarray) else pixels
+    if x.dtype != torch.uint8 or x.dim() not in (3, 4) or x.shape[-1] != 3:
+        raise ValueError(f"expected uint8 HWC or NHWC pixels with 3 channels, got {x.dtype} {tuple(x.shape)}")
+    x = x.permute(2, 0, 1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
+    return normalize(x.to(torch.float32).div(255.0)).contiguous()
+
+
+def preprocess_bytes(data: bytes, image_size: int) -> torch.Tensor:
+    """Photo bytes -> a 1 x 3 x S x S model input: exactly the path the serving endpoint takes."""
+    return to_model_input(load_image_array(data, PreprocessConfig(image_size=image_size)))[None]
+
+
+def _crop_flip_theta(n: int, u: torch.Tensor) -> torch.Tensor:
+    """Affine matrices (output -> input coordinates) of a random resized crop with a random h-flip."""
+    area = CROP_SCALE[0] + (CROP_SCALE[1] - CROP_SCALE[0]) * u[:, 0]
+    log_ratio = math.log(CROP_RATIO[0]) + (math.log(CROP_RATIO[1]) - math.log(CROP_RATIO[0])) * u[:, 1]
+    ratio = torch.exp(log_ratio)
+    width = torch.sqrt(area * ratio).clamp(max=1.0)
+    height = torch.sqrt(area / ratio).clamp(max=1.0)
+    center_x = (1.0 - width) * (2.0 * u[:, 2] - 1.0)
+    center_y = (1.0 - height) * (2.0 * u[:, 3] - 1.0)
+    flip = torch.where(u[:, 4] < 0.5, -1.0, 1.0)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = width * flip
+    theta[:, 0, 2] = center_x
+    theta[:, 1, 1] = height
+    theta[:, 1, 2] = center_y
+    return theta
+
+
+def _color_jitter(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Brightness, then contrast, then saturation, each with a per-sample factor; x is NCHW in [0, 1]."""
+    gray_weights = torch.tensor(_GRAY, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    brightness, contrast, saturation = (factors[:, i].view(-1, 1, 1, 1) for i in range(3))
+    x = (x * brightness).clamp(0.0, 1.0)
+    mean_gray = (x * gray_weights).sum(dim=1, keepdim=True).mean(dim=(2, 3), keepdim=True)
+    x = ((x - mean_gray) * contrast + mean_gray).clamp(0.0, 1.0)
+    gray = (x * gray_weights).sum(dim=1, keepdim=True)
+    return ((x - gray) * saturation + gray).clamp(0.0, 1.0)
+
+
+def augment_batch(batch_uint8_nhwc: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random resized crop, horizontal flip and colour jitter per sample -> normalised float NCHW.
+
+    All random numbers come from `generator` (a CPU generator; the batch may live on any device) in one
+    draw, so the result depends only on the batch and the generator's state.
+    """
+    if batch_uint8_nhwc.dtype != torch.uint8 or batch_uint8_nhwc.dim() != 4:
+        raise ValueError(f"expected a uint8 NHWC batch, got {batch_uint8_nhwc.dtype} {tuple(batch_uint8_nhwc.shape)}")
+    n = batch_uint8_nhwc.shape[0]
+    u = torch.rand(n, 8, generator=generator)
+    device = batch_uint8_nhwc.device
+    x = batch_uint8_nhwc.permute(0, 3, 1, 2).to(torch.float32).div(255.0)
+    theta = _crop_flip_theta(n, u).to(device)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    factors = (1.0 - JITTER + 2.0 * JITTER * u[:, 5:8]).to(device)
+    return normalize(_color_jitter(x, factors))
