@@ -11,7 +11,9 @@ Measured over N generated 800x600 JPEGs (realistic content from `synthetic.rende
   incr. 1%   1% new images added, then the same again: only the new ones may be decoded
   --s3       first run / re-run / incremental through the real object store (`earthsnap stack up`)
 
-The process pools use forkserver, which re-imports this module: keep everything behind the main guard.
+The process pools use forkserver, whose workers re-run this module (CPython 3.11 never preloads
+`__main__` into the forkserver): keep everything behind the main guard, and the drawing code imported
+lazily so a worker's start-up costs what it costs in production (numpy, Pillow, earthsnap_assets.ml).
 """
 
 from __future__ import annotations
@@ -43,7 +45,6 @@ from earthsnap_assets.ml.preprocessing import PreprocessConfig
 from earthsnap_assets.ml.quality import QualityRules
 from earthsnap_assets.ml.splits import SplitConfig
 from earthsnap_assets.ml.storage import Blobs, MemoryBlobs
-from earthsnap_assets.ml.synthetic import SyntheticSpec, render_image, species_table
 from earthsnap_assets.ml.taxonomy import Taxonomy
 from earthsnap_assets.ml.validation import validate
 
@@ -72,6 +73,8 @@ class Photos:
 
 
 def _render_jpeg(index: int, species: str, seed: int, quality: int) -> bytes:
+    from earthsnap_assets.ml.synthetic import render_image
+
     image = render_image(species, np.random.default_rng([seed, index]), PHOTO_SIZE)
     assert image.size == PHOTO_SIZE, image.size
     buffer = io.BytesIO()
@@ -88,6 +91,8 @@ def generate(start: int, count: int, *, seed: int, quality: int, workers: int) -
 
     Drawn in a *spawn* pool so the forkserver the pipeline uses is still cold when the timing starts.
     """
+    from earthsnap_assets.ml.synthetic import SyntheticSpec, species_table
+
     rows = species_table(SyntheticSpec())
     taxonomy = Taxonomy({slug: group for slug, group, _ in sorted(rows)})
     species = [rows[i % len(rows)][0] for i in range(start, start + count)]

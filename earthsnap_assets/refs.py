@@ -54,3 +54,37 @@ class DatasetRef:
     @property
     def uri(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}dataset.json"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A trained model: where it is in MLflow and what it predicts. No network for a one-species group."""
+
+    task: str  # "parent" | "child" | "flat"
+    group: str | None
+    classes: tuple[str, ...]
+    dataset_version: str
+    image_size: int
+    run_id: str | None = None
+    model_uri: str | None = None
+    val_accuracy: float | None = None
+    parameter_count: int = 0
+    train_seconds: float = 0.0
+    params: dict = field(default_factory=dict)
+
+    @property
+    def single_species(self) -> bool:
+        return self.model_uri is None
+
+    @property
+    def registered_name(self) -> str:
+        return "earthsnap-parent" if self.task == "parent" else f"earthsnap-child-{self.group}"
+
+
+@dataclass(frozen=True)
+class EvaluationRef:
+    task: str
+    group: str | None
+    run_id: str | None
+    metrics: dict[str, float] = field(default_factory=dict)
+    report_uri: str | None = None

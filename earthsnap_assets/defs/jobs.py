@@ -7,3 +7,21 @@ data_job = dg.define_asset_job(
     selection=dg.AssetSelection.groups("data"),
     description="List raw images, validate them into a versioned manifest, build shards and splits.",
 )
+
+parent_job = dg.define_asset_job(
+    "parent_training",
+    selection=dg.AssetSelection.assets("parent_hyperparams", "parent_model", "parent_evaluation", "registered_parent"),
+    description="Tune, train, evaluate and register the parent (group router).",
+)
+
+child_job = dg.define_asset_job(
+    "child_training",
+    selection=dg.AssetSelection.assets("child_hyperparams", "child_model", "child_evaluation", "registered_child"),
+    description="Tune, train, evaluate and register one species group's child model (a partition).",
+)
+
+hierarchy_job = dg.define_asset_job(
+    "hierarchy_report",
+    selection=dg.AssetSelection.assets("flat_baseline_model", "hierarchical_evaluation"),
+    description="Train the flat baseline and compare it with the hierarchy end to end.",
+)

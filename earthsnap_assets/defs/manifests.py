@@ -1,6 +1,5 @@
 """Data QA: the validated, versioned manifest and its checks."""
 
-
 import dagster as dg
 from pydantic import Field
 
@@ -24,7 +23,7 @@ class QualityConfig(dg.Config):
     min_images_per_species: int = Field(10, description="species below this are reported and fail a check")
     near_duplicate_bits: int = Field(3, description="dHash distance (0-3) that makes two images one cluster")
     max_rejection_rate: float = Field(0.2, description="share of rejected objects that fails the QA check")
-    workers: int = Field(2, description="decoding processes")
+    workers: int = Field(8, description="decoding threads (Pillow releases the GIL while decoding)")
 
     def rules(self) -> QualityRules:
         fields = self.model_dump(exclude={"workers"})

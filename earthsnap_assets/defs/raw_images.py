@@ -1,10 +1,10 @@
 """Raw data as users and the app store it: images under the raw prefix and taxonomy.csv."""
 
-
 from collections import Counter
 
 import dagster as dg
 
+from earthsnap_assets.defs.partitions import add_new_groups
 from earthsnap_assets.ml.manifest import species_of
 from earthsnap_assets.ml.taxonomy import Taxonomy, TaxonomyError, parse_taxonomy
 from earthsnap_assets.refs import RawListing
@@ -49,6 +49,9 @@ def taxonomy(context: dg.AssetExecutionContext, store: ObjectStore, raw_images: 
     folders = {species_of(o.key, raw_images.prefix) for o in raw_images.objects} - {None}
     unknown = sorted(folders - set(parsed.species_to_group))
     without_images = sorted(set(parsed.species_to_group) - folders)
+    new_groups = add_new_groups(context.instance, parsed.groups)
+    if new_groups:
+        context.log.info(f"new species groups become partitions of species_group: {new_groups}")
     if unknown:
         context.log.warning(f"image folders not in taxonomy.csv (their images will be rejected): {unknown}")
     rows = [(g, len(parsed.species_in(g)), ", ".join(parsed.species_in(g))) for g in parsed.groups]
@@ -59,6 +62,7 @@ def taxonomy(context: dg.AssetExecutionContext, store: ObjectStore, raw_images: 
             "species": len(parsed.species_to_group),
             "groups": len(parsed.groups),
             "fingerprint": parsed.fingerprint(),
+            "new_group_partitions": dg.MetadataValue.json(new_groups),
             "unknown_species_folders": dg.MetadataValue.json(unknown),
             "species_without_images": dg.MetadataValue.json(without_images),
             "groups_table": dg.MetadataValue.md(markdown_table(["group", "species", "members"], rows)),

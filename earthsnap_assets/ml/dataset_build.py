@@ -111,7 +111,7 @@ def build_dataset(
     preprocess: PreprocessConfig,
     splits: SplitConfig,
     shard_size: int = 1024,
-    workers: int = 2,
+    workers: int = 8,
 ) -> DatasetResult:
     """Make (or find) the shards and split lists of a dataset version under a layout."""
     layout = layout_id(preprocess, splits, shard_size)

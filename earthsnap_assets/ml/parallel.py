@@ -1,21 +1,18 @@
-"""Fetch in threads, decode in processes: keeps both cores busy while S3 reads overlap."""
+"""Fetch and decode many objects at once with threads.
+
+Pillow releases the GIL while it decodes and resizes, and hashlib while it hashes, so threads keep both
+cores busy without a process pool's start-up (0.2 s of imports per worker) or pickling every image
+twice; S3 reads overlap with decoding for free.
+"""
 
 from __future__ import annotations
 
-import multiprocessing
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from contextlib import nullcontext
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 T = TypeVar("T")
-
-# Below this many items a process pool costs more to start than it saves.
-MIN_ITEMS_FOR_POOL = 16
-
-
-def _windows(items: Sequence[str], size: int) -> list[Sequence[str]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def map_objects(
@@ -23,29 +20,24 @@ def map_objects(
     fetch: Callable[[str], bytes],
     work: Callable[[bytes, str], T],
     *,
-    workers: int = 2,
-    threads: int = 8,
+    workers: int = 8,
     window: int = 64,
 ) -> Iterator[tuple[str, T]]:
-    """Yield (key, work(fetch(key), key)) in key order, with bounded memory.
+    """Yield (key, work(fetch(key), key)) in key order, with at most `window` objects in memory."""
 
-    `work` must be picklable (a module-level function or a functools.partial of one). The next window is
-    fetched while the current one is decoded.
-    """
-    use_pool = workers > 1 and len(keys) >= MIN_ITEMS_FOR_POOL
-    context = multiprocessing.get_context("forkserver")
-    pool_cm = ProcessPoolExecutor(workers, mp_context=context) if use_pool else nullcontext(None)
-    with ThreadPoolExecutor(threads) as io_pool, pool_cm as cpu_pool:
-        windows = _windows(keys, window)
-        pending: list[Future[bytes]] = [io_pool.submit(fetch, k) for k in windows[0]] if windows else []
-        for index, current in enumerate(windows):
-            datas = [f.result() for f in pending]
-            if index + 1 < len(windows):
-                pending = [io_pool.submit(fetch, k) for k in windows[index + 1]]
-            yield from zip(current, _run(cpu_pool, work, datas, current), strict=True)
+    def task(key: str) -> T:
+        return work(fetch(key), key)
 
-
-def _run(pool: Executor | None, work: Callable[[bytes, str], T], datas: list[bytes], keys: Sequence[str]):
-    if pool is None:
-        return [work(d, k) for d, k in zip(datas, keys, strict=True)]
-    return list(pool.map(work, datas, keys, chunksize=4))
+    if workers <= 1:
+        yield from ((key, task(key)) for key in keys)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque[tuple[str, Future[T]]] = deque()
+        for key in keys:
+            pending.append((key, pool.submit(task, key)))
+            if len(pending) >= window:
+                done_key, future = pending.popleft()
+                yield done_key, future.result()
+        while pending:
+            done_key, future = pending.popleft()
+            yield done_key, future.result()

@@ -69,13 +69,19 @@ def species_table(spec: SyntheticSpec) -> list[tuple[str, str, str]]:
     ]
 
 
+# What is behind a subject outdoors, as (hue, saturation, value) ranges: foliage, soil, sky, stone, sand.
+SCENERY = (
+    ((0.2, 0.4), (0.2, 0.7), (0.15, 0.6)),
+    ((0.05, 0.12), (0.2, 0.7), (0.1, 0.55)),
+    ((0.55, 0.62), (0.2, 0.5), (0.6, 1.0)),
+    ((0.0, 1.0), (0.0, 0.1), (0.35, 0.8)),
+    ((0.1, 0.15), (0.2, 0.5), (0.6, 1.0)),
+)
+
+
 def _natural_colour(rng: np.random.Generator) -> np.ndarray:
-    """A background colour from what is behind a subject outdoors: foliage, soil, sky, stone, sand."""
-    h, s, v = [(0.2, 0.4, 0.15), (0.05, 0.12, 0.1), (0.55, 0.62, 0.6), (0.0, 1.0, 0.35), (0.1, 0.15, 0.6)][
-        rng.integers(5)
-    ]
-    sat = rng.uniform(0.0, 0.1) if s - h > 0.5 else rng.uniform(0.2, 0.7)
-    return np.array(hsv(rng.uniform(h, s), sat, rng.uniform(v, min(1.0, v + 0.45))), dtype=np.float32)
+    hue, sat, val = (rng.uniform(*bounds) for bounds in SCENERY[rng.integers(len(SCENERY))])
+    return np.array(hsv(hue, sat, val), dtype=np.float32)
 
 
 def _background(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:

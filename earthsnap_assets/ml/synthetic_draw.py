@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
-RGB = tuple[int, int, int]
 Drawer = Callable[[Image.Image, int, np.random.Generator, int], None]
 
 
 def hsv(h: float, s: float, v: float, alpha: int | None = None) -> tuple[int, ...]:
+    """8-bit RGB(A) from hue (wraps around), saturation and value (clipped): colours are designed in HSV."""
     r, g, b = colorsys.hsv_to_rgb(h % 1.0, min(max(s, 0.0), 1.0), min(max(v, 0.0), 1.0))
     rgb = (round(r * 255), round(g * 255), round(b * 255))
     return rgb if alpha is None else (*rgb, alpha)
@@ -52,9 +52,9 @@ def _flower(canvas: Image.Image, n: int, rng: np.random.Generator, variant: int)
         (8, 0.15, 0.8, 0.7, 0.3),
         (5, 0.34, 1.0, 0.5, 0.16),
     ][variant]
-    white = rng.random() < 0.15
-    hue, sat, val = rng.uniform(0.75, 1.08) + (0.0, 0.06, -0.06, 0.03)[variant], rng.uniform(0.45, 0.95), rng.uniform(0.7, 1.0)
-    sat = rng.uniform(0.0, 0.12) if white else sat
+    hue = rng.uniform(0.75, 1.08) + (0.0, 0.06, -0.06, 0.03)[variant]  # violet..orange, shifted a little per species
+    sat = rng.uniform(0.0, 0.12) if rng.random() < 0.15 else rng.uniform(0.45, 0.95)  # some white flowers
+    val = rng.uniform(0.7, 1.0)
     if rng.random() < 0.5:  # leaves peeking out behind the flower
         for angle in rng.uniform(0, 2 * np.pi, 2):
             leaf = _blade(0.95, 0.2, angle, 1.0, 0.8, np.zeros(2))
@@ -141,9 +141,8 @@ def _beetle(canvas: Image.Image, n: int, rng: np.random.Generator, variant: int)
             knee = (side * (ew + 0.16), y + rng.uniform(-0.12, 0.05))
             foot = (side * (ew + 0.28), y + rng.uniform(-0.25, 0.25))
             d.line(_px(np.array([(side * ew * 0.5, y), knee, foot]), n), fill=dark, width=leg_w, joint="curve")
-        d.line(
-            _px(np.array([(side * 0.05, -0.55), (side * 0.22, -0.8), (side * 0.3, -0.95)]), n), fill=dark, width=leg_w
-        )
+        antenna = np.array([(0.05, -0.55), (0.22, -0.8), (0.3, -0.95)]) * (side, 1)
+        d.line(_px(antenna, n), fill=dark, width=leg_w)
     d.ellipse(_box(0, -0.53, ew * 0.4, 0.09, n), fill=dark)
     d.ellipse(_box(0, -0.34, ew * 0.78, 0.15, n), fill=dark)
     d.ellipse(_box(0, 0.22, ew, eh, n), fill=shell, outline=dark, width=max(1, n // 90))
@@ -155,11 +154,8 @@ def _beetle(canvas: Image.Image, n: int, rng: np.random.Generator, variant: int)
                 d.ellipse(_box(side * x * ew * 1.2, 0.22 + y * eh * 0.8, r, r, n), fill=pattern)
     elif variant == 1:
         for x in (-0.55, -0.28, 0.28, 0.55):
-            d.line(
-                _px(np.array([(x * ew, -0.12), (x * ew * 0.9, 0.55)]), n),
-                fill=pattern,
-                width=max(1, int(n * ew * 0.1)),
-            )
+            stripe = np.array([(x * ew, -0.12), (x * ew * 0.9, 0.55)])
+            d.line(_px(stripe, n), fill=pattern, width=max(1, int(n * ew * 0.1)))
     elif variant == 3:
         for y in (0.02, 0.38):
             band = np.array([(x, y + 0.05 * np.sin(8 * x)) for x in np.linspace(-ew * 0.9, ew * 0.9, 9)])
@@ -171,17 +167,18 @@ def _beetle(canvas: Image.Image, n: int, rng: np.random.Generator, variant: int)
 def _fern(canvas: Image.Image, n: int, rng: np.random.Generator, variant: int) -> None:
     """Leaflets along a curved stem; species: narrow opposite / round alternate / lobed / triangular frond."""
     d = ImageDraw.Draw(canvas, "RGBA")
-    pairs, longest, width, q, p, alternate, taper = [
-        (14, 0.5, 0.13, 0.8, 0.8, False, 0.45),
-        (7, 0.38, 0.45, 1.0, 0.5, True, 0.45),
-        (10, 0.46, 0.25, 1.0, 0.6, False, 0.45),
-        (13, 0.58, 0.13, 0.8, 0.8, False, 1.0),
+    pairs, longest, width, q, p, alternate, taper, frond = [
+        (16, 0.48, 0.1, 0.8, 0.8, False, 0.45, 1.0),
+        (7, 0.42, 0.5, 1.0, 0.5, True, 0.45, 0.75),
+        (8, 0.5, 0.22, 1.0, 0.6, False, 0.45, 0.95),
+        (12, 0.65, 0.13, 0.8, 0.8, False, 1.0, 0.95),
     ][variant]
     green = rng.uniform(0.18, 0.36) + 0.025 * variant
-    sat, val = rng.uniform(0.4, 0.85), rng.uniform(0.3, 0.8)
+    sat, val = rng.uniform(0.4, 0.85), rng.uniform(0.3, 0.75) + (0.0, 0.12, -0.08, 0.05)[variant]
     s = np.linspace(0, 1, 41)
-    stem = np.stack([rng.uniform(-0.35, 0.35) * 4 * s * (1 - s), 0.95 - 1.9 * s], 1)
-    d.line(_px(stem, n), fill=hsv(green - 0.08, sat * 0.6, val * 0.6), width=max(1, n // 80))
+    stem = np.stack([rng.uniform(-0.35, 0.35) * 4 * s * (1 - s), 0.95 - 1.9 * frond * s], 1)
+    stem_colour = hsv(0.05, 0.5, 0.12) if variant == 1 else hsv(green - 0.08, sat * 0.6, val * 0.6)  # black stipe
+    d.line(_px(stem, n), fill=stem_colour, width=max(1, n // (55 if variant == 1 else 80)))
     for i in range(pairs):
         for side in (-1, 1):
             t = 0.14 + 0.84 * i / pairs + (0.42 / pairs if alternate and side > 0 else 0.0)
@@ -191,9 +188,9 @@ def _fern(canvas: Image.Image, n: int, rng: np.random.Generator, variant: int) -
             angle = tangent + side * rng.uniform(1.1, 1.35)
             colour = hsv(green + rng.normal(0, 0.01), sat, val * rng.uniform(0.85, 1.1))
             if variant == 2:  # lobed: a row of shrinking lobes instead of one blade
-                for k in range(4):
-                    r = length * width * (1 - k * 0.2)
-                    c = stem[j] + (k + 0.6) * length / 4.3 * np.array([np.cos(angle), -np.sin(angle)])
+                for k in range(3):
+                    r = length * width * (1 - k * 0.25)
+                    c = stem[j] + (k + 0.6) * length / 3.2 * np.array([np.cos(angle), -np.sin(angle)])
                     d.ellipse(_box(*c, r, r, n), fill=colour)
             else:
                 d.polygon(_px(_blade(length, length * width, angle, q, p, stem[j]), n), fill=colour)
@@ -222,19 +219,11 @@ def _mushroom(canvas: Image.Image, n: int, rng: np.random.Generator, variant: in
         if variant == 0:
             d.ellipse(_box(cx, ty, 0.05, 0.04, n), fill=hsv(0.12, 0.08, 0.95))
         elif variant == 3:
-            d.polygon(
-                _px(np.array([(cx, ty), (cx + 0.04, ty + 0.025), (cx - 0.03, ty + 0.03)]), n), fill=hsv(0.06, 0.5, 0.25)
-            )
+            scale = np.array([(0, 0), (0.04, 0.025), (-0.03, 0.03)]) + np.array([cx, ty])
+            d.polygon(_px(scale, n), fill=hsv(0.06, 0.5, 0.25))
     if variant == 3:
-        d.polygon(
-            _px(
-                np.array(
-                    [(-sw * 1.1, top + 0.12), (sw * 1.1, top + 0.12), (sw * 1.8, top + 0.22), (-sw * 1.8, top + 0.22)]
-                ),
-                n,
-            ),
-            fill=stem_colour,
-        )
+        ring = np.array([(-1.1, 0.12), (1.1, 0.12), (1.8, 0.22), (-1.8, 0.22)]) * (sw, 1) + (0, top)
+        d.polygon(_px(ring, n), fill=stem_colour)
 
 
 def _snail(canvas: Image.Image, n: int, rng: np.random.Generator, variant: int) -> None:

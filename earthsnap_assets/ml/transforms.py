@@ -34,9 +34,18 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
     return (x - mean) / std
 
 
+def as_tensor(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A tensor view of pixels, copying only arrays torch cannot share (read-only or strided)."""
+    if isinstance(pixels, torch.Tensor):
+        return pixels
+    if not (pixels.flags.writeable and pixels.flags.c_contiguous):
+        pixels = np.array(pixels, order="C")
+    return torch.from_numpy(pixels)
+
+
 def to_model_input(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 HWC -> float32 CHW, or uint8 NHWC -> float32 NCHW, scaled to [0, 1] and normalised."""
-    x = torch.from_numpy(np.ascontiguousarray(pixels)) if isinstance(pixels, np.ndarray) else pixels
+    x = as_tensor(pixels)
     if x.dtype != torch.uint8 or x.dim() not in (3, 4) or x.shape[-1] != 3:
         raise ValueError(f"expected uint8 HWC or NHWC pixels with 3 channels, got {x.dtype} {tuple(x.shape)}")
     x = x.permute(2, 0, 1) if x.dim() == 3 else x.permute(0, 3, 1, 2)

@@ -40,7 +40,7 @@ def _inspect(data: bytes, key: str, rules: QualityRules) -> dict:
 
 
 def check_objects(
-    blobs: Blobs, bucket: str, objects: Sequence[RawObject], rules: QualityRules, workers: int = 2
+    blobs: Blobs, bucket: str, objects: Sequence[RawObject], rules: QualityRules, workers: int = 8
 ) -> dict[tuple[str, str], ImageCheck]:
     """Run the per-object rules over `objects` (fetching from `bucket`) in parallel."""
     etags = {o.key: o.etag for o in objects}
@@ -62,7 +62,7 @@ def validate(
     raw_bucket: str,
     lake_bucket: str,
     prefix: str = "images/",
-    workers: int = 2,
+    workers: int = 8,
 ) -> ValidationResult:
     """QA every object under the raw prefix and store the manifest of the resulting dataset version."""
     cache_key = qa_cache_key(rules)

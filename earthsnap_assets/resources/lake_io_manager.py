@@ -17,10 +17,14 @@ class LakeIOManager(dg.ConfigurableIOManager):
     store: ObjectStore
     prefix: str = "dagster/io"
 
+    def _path(self, context: dg.OutputContext | dg.InputContext, partition: str = "__all__") -> str:
+        return f"{self.prefix}/{'/'.join(context.asset_key.path)}/{partition}.pickle"
+
     def _key(self, context: dg.OutputContext | dg.InputContext) -> str:
-        parts = "/".join(context.asset_key.path)
-        partition = context.asset_partition_key if context.has_asset_partitions else "__all__"
-        return f"{self.prefix}/{parts}/{partition}.pickle"
+        return self._path(context, context.asset_partition_key if context.has_asset_partitions else "__all__")
+
+    def _read(self, key: str) -> object:
+        return pickle.loads(self.store.read(self.store.lake_bucket, key))
 
     def handle_output(self, context: dg.OutputContext, obj: object) -> None:
         if obj is None:
@@ -30,5 +34,10 @@ class LakeIOManager(dg.ConfigurableIOManager):
         context.add_output_metadata({"value_uri": self.store.uri(self.store.lake_bucket, key)})
 
     def load_input(self, context: dg.InputContext) -> object:
-        key = self._key(context)
-        return pickle.loads(self.store.read(self.store.lake_bucket, key))
+        """One value, or {partition: value} when an unpartitioned step reads a partitioned asset."""
+        if not context.has_asset_partitions:
+            return self._read(self._path(context))
+        keys = context.asset_partition_keys
+        if context.has_partition_key and len(keys) == 1:
+            return self._read(self._path(context, keys[0]))
+        return {key: self._read(self._path(context, key)) for key in keys}

@@ -86,8 +86,6 @@ def command(settings: Settings, workspace: Path, dagster: list[str] | None = Non
         "127.0.0.1",
         "-p",
         str(settings.dagster_port),
-        "--log-format",
-        "rich",  # plain text when not on a terminal; "colored" fills the log with escape codes
     ]
 
 
@@ -114,3 +112,7 @@ def healthy(settings: Settings) -> bool:
 
 def after_healthy(settings: Settings) -> None:
     """Nothing to do: the webserver loads the code location itself."""
+
+
+def after_stop(settings: Settings) -> None:
+    """Nothing to clean up."""

@@ -82,3 +82,7 @@ def healthy(settings: Settings) -> bool:
 
 def after_healthy(settings: Settings) -> None:
     """Nothing to do: experiments are created by whoever logs to them."""
+
+
+def after_stop(settings: Settings) -> None:
+    """Nothing to clean up."""

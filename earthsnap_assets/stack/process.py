@@ -7,6 +7,7 @@ writes stdout+stderr to `<home>/logs/<name>.log` and leaves `<home>/run/<name>.p
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -19,8 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-# Popen objects of services started by this interpreter: kept so they are reaped (no zombies that
-# look alive) and never garbage-collected while running (which would warn).
+# Popen objects of the services this interpreter started: reaped (no live-looking zombies), never GC'd.
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -101,19 +101,43 @@ def _alive(pid: int) -> bool:
 def _group_alive(pgid: int) -> bool:
     """Any live (non-zombie) member left in the process group that a service leads."""
     _alive(pgid)  # reaps the leader if it is our child
-    proc = Path("/proc")
-    if not proc.is_dir():
+    if not Path("/proc").is_dir():
         try:
             os.killpg(pgid, 0)
         except ProcessLookupError:
             return False
         return True
-    for entry in proc.iterdir():
-        if entry.name.isdigit():
-            fields = _proc_stat(int(entry.name))
-            if fields and len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
-                return True
+    for entry in Path("/proc").glob("[0-9]*"):
+        fields = _proc_stat(int(entry.name))
+        if fields and len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            return True
     return False
+
+
+def _wait_group(pgid: int, seconds: float) -> bool:
+    """Wait up to `seconds` for the group to empty; True if it did."""
+    deadline = time.monotonic() + seconds
+    while _group_alive(pgid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def _terminate_group(pgid: int, *, leader_alive: bool, timeout: float) -> None:
+    """SIGTERM the leader, then its stragglers once it is gone, then SIGKILL the group at `timeout`."""
+    with contextlib.suppress(ProcessLookupError):
+        (os.kill if leader_alive else os.killpg)(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while leader_alive and _alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)  # what the leader left behind gets a short grace
+    if not _wait_group(pgid, min(3.0, max(0.0, deadline - time.monotonic()))):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+        if not _wait_group(pgid, 5.0):
+            raise StackError(f"process group {pgid} survived SIGKILL")
 
 
 def _restore_interrupts() -> None:
@@ -155,9 +179,7 @@ class ManagedProcess:
     def is_running(self) -> bool:
         return self.pid() is not None
 
-    def start(
-        self, cmd: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: Path | None = None
-    ) -> int:
+    def start(self, cmd: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> int:
         """Launch `cmd` detached in a new session; the previous run's log is kept as `<name>.log.1`."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.pid_path.parent.mkdir(parents=True, exist_ok=True)
@@ -180,24 +202,18 @@ class ManagedProcess:
         return child.pid
 
     def stop(self, timeout: float = 10.0) -> bool:
-        """SIGTERM the whole group, SIGKILL what is left after `timeout`; True if anything ran."""
-        recorded = self._recorded()
-        pgid = recorded[0] if recorded else None
-        ran = pgid is not None and (self.pid() is not None or _group_alive(pgid))
-        if pgid is not None and ran:
-            for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-                try:
-                    os.killpg(pgid, sig)
-                except ProcessLookupError:
-                    break
-                deadline = time.monotonic() + wait
-                while _group_alive(pgid) and time.monotonic() < deadline:
-                    time.sleep(0.1)
-                if not _group_alive(pgid):
-                    break
-            else:
-                raise StackError(f"{self.name} (process group {pgid}) survived SIGKILL")
-        _CHILDREN.pop(pgid or -1, None)
+        """Stop the service and every process it forked; True if anything was running.
+
+        SIGTERM goes to the leader first, since `dagster dev` and `mlflow server` shut their workers
+        down in order (signalled all at once, dagster restarts its code server). Stragglers get SIGTERM
+        once the leader is gone, and whatever is left at `timeout` gets SIGKILL.
+        """
+        pgid = (self._recorded() or (-1, ""))[0]
+        leader = self.pid()
+        ran = pgid > 0 and (leader is not None or _group_alive(pgid))
+        if ran:
+            _terminate_group(pgid, leader_alive=leader is not None, timeout=timeout)
+        _CHILDREN.pop(pgid, None)
         self.pid_path.unlink(missing_ok=True)
         return ran
 
@@ -214,15 +230,7 @@ class ManagedProcess:
     def error(self, problem: str, port: int | None = None) -> StackError:
         """A StackError naming the service, its port and the end of its log."""
         where = f" (port {port})" if port is not None else ""
-        return StackError(
-            f"{self.name}{where} {problem}.\nLast lines of {self.log_path}:\n{self.log_tail()}"
-        )
-
-    def exit_code(self) -> int | None:
-        """Exit status, where this interpreter started the process and it has exited."""
-        recorded = self._recorded()
-        child = _CHILDREN.get(recorded[0]) if recorded else None
-        return None if child is None else child.poll()
+        return StackError(f"{self.name}{where} {problem}.\nLast lines of {self.log_path}:\n{self.log_tail()}")
 
     def wait_healthy(self, check: Callable[[], bool], timeout: float, *, port: int | None = None) -> None:
         """Poll `check` until it holds; fail early, with the log, if the process exits first."""
@@ -234,9 +242,9 @@ class ManagedProcess:
             except Exception:  # a health probe that raises is simply "not yet"
                 pass
             if not self.is_running():
-                code = self.exit_code()
-                status = f" with exit code {code}" if code is not None else ""
-                raise self.error(f"exited{status} before becoming healthy", port)
+                child = _CHILDREN.get((self._recorded() or (-1, ""))[0])  # exit code if we started it
+                code = f" with exit code {child.returncode}" if child and child.returncode is not None else ""
+                raise self.error(f"exited{code} before becoming healthy", port)
             if time.monotonic() > deadline:
                 raise self.error(f"did not become healthy within {timeout:.0f} s", port)
             time.sleep(0.25)

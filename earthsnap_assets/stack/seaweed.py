@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -35,6 +36,10 @@ _MASTER_TOML = "[master.volume_growth]\ncopy_1 = 1\ncopy_2 = 1\ncopy_3 = 1\ncopy
 def endpoint(settings: Settings) -> str:
     """The local gateway, whatever EARTHSNAP_S3_ENDPOINT says clients should use."""
     return f"http://127.0.0.1:{settings.s3_port}"
+
+
+def url(settings: Settings) -> str:
+    return endpoint(settings)
 
 
 def ports(settings: Settings) -> list[Port]:
@@ -147,3 +152,12 @@ def after_healthy(settings: Settings) -> None:
             if time.monotonic() > deadline:
                 raise StackError(f"{NAME} is up but creating buckets {settings.buckets} failed: {exc}") from exc
             time.sleep(0.5)
+
+
+def after_stop(settings: Settings) -> None:
+    """Remove the unix sockets weed leaves in /tmp (one per port) when it is killed."""
+    numbers = {str(port.number) for port in ports(settings)}
+    for folder in {Path("/tmp"), Path(tempfile.gettempdir())}:
+        for sock in folder.glob("seaweedfs-*.sock"):
+            if sock.stem.rsplit("-", 1)[-1] in numbers:
+                sock.unlink(missing_ok=True)

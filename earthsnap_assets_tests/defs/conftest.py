@@ -1,6 +1,8 @@
 """Fixtures for materializing assets in-process against the real stack, each test in its own buckets."""
 
+import contextlib
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 from earthsnap_assets.ingest import ingest
 from earthsnap_assets.ml.synthetic import SyntheticSpec, SyntheticSummary, generate_dataset
 from earthsnap_assets.resources.lake_io_manager import LakeIOManager
+from earthsnap_assets.resources.mlflow_registry import MlflowRegistry
 from earthsnap_assets.resources.object_store import ObjectStore
 
 SMALL_SPEC = SyntheticSpec(groups=4, species_per_group=2, images_per_species=12, min_side=360, max_side=480)
@@ -25,10 +28,11 @@ def small_dataset(tmp_path_factory) -> SyntheticSummary:
 class Buckets:
     store: ObjectStore
     instance: dg.DagsterInstance
+    registry: MlflowRegistry
 
     @property
     def resources(self) -> dict:
-        return {"store": self.store, "io_manager": LakeIOManager(store=self.store)}
+        return {"store": self.store, "registry": self.registry, "io_manager": LakeIOManager(store=self.store)}
 
     def ingest(self, root: Path, taxonomy_csv: Path):
         return ingest(self.store, root, taxonomy_csv)
@@ -44,12 +48,18 @@ class Buckets:
         )
 
 
-@pytest.fixture
-def lake(stack) -> Buckets:
-    """Fresh raw and lake buckets on the real S3, and a real (temporary, SQLite) Dagster instance."""
+@contextlib.contextmanager
+def fresh_lake() -> Iterator[Buckets]:
+    """Fresh raw and lake buckets on the real S3, a real (temporary, SQLite) Dagster instance, own experiment."""
     suffix = uuid.uuid4().hex[:8]
     store = ObjectStore(raw_bucket_name=f"test-raw-{suffix}", lake_bucket_name=f"test-lake-{suffix}")
     store.ensure_bucket(store.raw_bucket)
     store.ensure_bucket(store.lake_bucket)
     with dg.instance_for_test() as instance:
-        yield Buckets(store, instance)
+        yield Buckets(store, instance, MlflowRegistry(experiment=f"test-{suffix}"))
+
+
+@pytest.fixture
+def lake(stack) -> Iterator[Buckets]:
+    with fresh_lake() as buckets:
+        yield buckets

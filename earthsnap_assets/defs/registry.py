@@ -1,0 +1,43 @@
+"""Registered model versions in MLflow, pending a person's approval, with the automated gate's verdict."""
+
+import dagster as dg
+
+from earthsnap_assets.defs.partitions import species_group
+from earthsnap_assets.defs.settings import GateConfig
+from earthsnap_assets.pipeline.registration import register
+from earthsnap_assets.refs import EvaluationRef, ModelRef
+from earthsnap_assets.resources.mlflow_registry import MlflowRegistry
+
+
+def _register(registry: MlflowRegistry, model: ModelRef, evaluation: EvaluationRef, config: GateConfig):
+    if model.single_species:
+        return dg.Output(
+            {"registered": False, "reason": "one-species group: no network"}, metadata={"registered": False}
+        )
+    version = register(registry, model, evaluation.metrics, config.min_accuracy, config.tolerance)
+    metadata = {
+        "registered_model": version.name,
+        "version": version.version,
+        "gate": version.gate.tag,
+        "gate_reason": version.gate.reason,
+        "approval": "pending",
+        "dataset_version": model.dataset_version,
+    }
+    value = {"registered": True, "name": version.name, "version": version.version, "gate": version.gate.tag}
+    return dg.Output(value, metadata=metadata)
+
+
+@dg.asset(group_name="registry", kinds={"mlflow"})
+def registered_parent(
+    config: GateConfig, registry: MlflowRegistry, parent_model: ModelRef, parent_evaluation: EvaluationRef
+):
+    """A new version of `earthsnap-parent`, tagged `approval=pending` and with its gate result."""
+    return _register(registry, parent_model, parent_evaluation, config)
+
+
+@dg.asset(group_name="registry", partitions_def=species_group, kinds={"mlflow"})
+def registered_child(
+    config: GateConfig, registry: MlflowRegistry, child_model: ModelRef, child_evaluation: EvaluationRef
+):
+    """A new version of `earthsnap-child-<group>`, tagged `approval=pending` and with its gate result."""
+    return _register(registry, child_model, child_evaluation, config)

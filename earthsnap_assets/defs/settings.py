@@ -1,0 +1,51 @@
+"""Run configuration of the training stage, shared by the parent and child assets."""
+
+import dataclasses
+
+import dagster as dg
+from pydantic import Field
+
+from earthsnap_assets.ml.models import BACKBONES
+from earthsnap_assets.ml.train import TrainConfig
+from earthsnap_assets.ml.tuning import SearchSpace, TuningBudget
+
+
+class TrainingConfig(dg.Config):
+    batch_size: int = 32
+    patience: int = Field(4, description="early stopping: epochs without a better validation accuracy")
+    label_smoothing: float = 0.1
+    class_weighting: bool = Field(True, description="inverse-frequency class weights against imbalance")
+    warmup_epochs: float = 1.0
+    max_train_seconds: float | None = None
+    seed: int = 0
+    per_class: int | None = Field(None, description="parent: images per group (None = smallest group)")
+
+    def base(self) -> TrainConfig:
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        return TrainConfig(**{k: v for k, v in self.model_dump().items() if k in fields})
+
+
+class TuningConfig(TrainingConfig):
+    """Search budget and space, plus the training settings every trial uses."""
+
+    trials: int = Field(6, description="at most this many trials")
+    seconds: float = Field(300.0, description="and at most this long")
+    subset_per_class: int = Field(40, description="tuning trains on this many images per class")
+    backbone_choices: list[str] = Field(list(BACKBONES[:2]), description="timm backbones to choose from")
+    epoch_choices: list[int] = Field([4, 8], description="epoch counts to choose from")
+    lr_min: float = 3e-4
+    lr_max: float = 1e-2
+    seed: int = 0
+
+    def space(self) -> SearchSpace:
+        return SearchSpace(
+            tuple(self.backbone_choices), lr=(self.lr_min, self.lr_max), epochs=tuple(self.epoch_choices)
+        )
+
+    def budget(self) -> TuningBudget:
+        return TuningBudget(trials=self.trials, seconds=self.seconds, seed=self.seed)
+
+
+class GateConfig(dg.Config):
+    min_accuracy: float = Field(0.5, description="test accuracy a version needs to pass the gate")
+    tolerance: float = Field(0.02, description="how far below production a version may be and still pass")

@@ -1,0 +1,73 @@
+"""Full training: the parent (groups), one child per species group, and the flat baseline."""
+
+import dagster as dg
+
+from earthsnap_assets.defs.compute import GPU_OP_TAGS, GPU_POOL
+from earthsnap_assets.defs.partitions import species_group
+from earthsnap_assets.defs.settings import TrainingConfig
+from earthsnap_assets.ml.data import load_index
+from earthsnap_assets.pipeline.training import run_training
+from earthsnap_assets.refs import DatasetRef, ModelRef
+from earthsnap_assets.resources.mlflow_registry import MlflowRegistry
+from earthsnap_assets.resources.object_store import ObjectStore
+
+
+def _train(store, registry, dataset_splits: DatasetRef, kind, group, params: dict, config: TrainingConfig):
+    index = load_index(store, dataset_splits.bucket, dataset_splits.prefix)
+    per_class = config.per_class if kind == "parent" else None
+    model = run_training(store, registry, index, kind, group, params, config.base(), per_class)
+    metadata = {
+        "dataset_version": model.dataset_version,
+        "classes": dg.MetadataValue.json(list(model.classes)),
+        "single_species": model.single_species,
+    }
+    if not model.single_species:
+        metadata |= {
+            "model_uri": model.model_uri,
+            "mlflow_run_id": model.run_id,
+            "val_accuracy": model.val_accuracy,
+            "parameters": model.parameter_count,
+            "train_seconds": round(model.train_seconds, 2),
+            "backbone": model.params.get("backbone"),
+            "resumed_from_epoch": str(model.params.get("resumed_from_epoch")),
+        }
+    return dg.Output(model, metadata=metadata)
+
+
+@dg.asset(group_name="training", pool=GPU_POOL, op_tags=GPU_OP_TAGS, kinds={"pytorch", "mlflow"})
+def parent_model(
+    config: TrainingConfig,
+    store: ObjectStore,
+    registry: MlflowRegistry,
+    dataset_splits: DatasetRef,
+    parent_hyperparams: dict,
+) -> dg.Output[ModelRef]:
+    """Routes a photo to its species group; trained on a per-group balanced sample of the train split."""
+    return _train(store, registry, dataset_splits, "parent", None, parent_hyperparams, config)
+
+
+@dg.asset(
+    group_name="training", partitions_def=species_group, pool=GPU_POOL, op_tags=GPU_OP_TAGS, kinds={"pytorch", "mlflow"}
+)
+def child_model(
+    context: dg.AssetExecutionContext,
+    config: TrainingConfig,
+    store: ObjectStore,
+    registry: MlflowRegistry,
+    dataset_splits: DatasetRef,
+    child_hyperparams: dict,
+) -> dg.Output[ModelRef]:
+    """Names the species inside one group; a one-species group gets no network (P = 1)."""
+    return _train(store, registry, dataset_splits, "child", context.partition_key, child_hyperparams, config)
+
+
+@dg.asset(group_name="training", pool=GPU_POOL, op_tags=GPU_OP_TAGS, kinds={"pytorch", "mlflow"})
+def flat_baseline_model(
+    config: TrainingConfig,
+    store: ObjectStore,
+    registry: MlflowRegistry,
+    dataset_splits: DatasetRef,
+    parent_hyperparams: dict,
+) -> dg.Output[ModelRef]:
+    """One network over every species with the parent's budget: what the hierarchy is measured against."""
+    return _train(store, registry, dataset_splits, "flat", None, parent_hyperparams, config)

@@ -1,0 +1,45 @@
+"""Hyperparameter search for the parent and for each group's child (short trials on a subset)."""
+
+import dagster as dg
+
+from earthsnap_assets.defs.compute import GPU_OP_TAGS, GPU_POOL
+from earthsnap_assets.defs.partitions import species_group
+from earthsnap_assets.defs.settings import TuningConfig
+from earthsnap_assets.ml.data import load_index
+from earthsnap_assets.pipeline.training import run_tuning
+from earthsnap_assets.refs import DatasetRef
+from earthsnap_assets.resources.mlflow_registry import MlflowRegistry
+from earthsnap_assets.resources.object_store import ObjectStore
+
+
+def _tune(store, registry, dataset_splits: DatasetRef, kind: str, group: str | None, config: TuningConfig):
+    index = load_index(store, dataset_splits.bucket, dataset_splits.prefix)
+    best = run_tuning(
+        store, registry, index, kind, group, config.space(), config.budget(), config.base(), config.subset_per_class
+    )
+    metadata = {k: v for k, v in best.items() if isinstance(v, int | float | str | bool)}
+    return dg.Output(best, metadata={**metadata, "dataset_version": dataset_splits.dataset_version})
+
+
+@dg.asset(group_name="training", pool=GPU_POOL, op_tags=GPU_OP_TAGS, kinds={"optuna", "mlflow"})
+def parent_hyperparams(config: TuningConfig, store: ObjectStore, registry: MlflowRegistry, dataset_splits: DatasetRef):
+    """Best backbone / learning rate / weight decay / epochs for the parent (routes photos to groups)."""
+    return _tune(store, registry, dataset_splits, "parent", None, config)
+
+
+@dg.asset(
+    group_name="training",
+    partitions_def=species_group,
+    pool=GPU_POOL,
+    op_tags=GPU_OP_TAGS,
+    kinds={"optuna", "mlflow"},
+)
+def child_hyperparams(
+    context: dg.AssetExecutionContext,
+    config: TuningConfig,
+    store: ObjectStore,
+    registry: MlflowRegistry,
+    dataset_splits: DatasetRef,
+):
+    """Best hyperparameters of one group's child model; a one-species group needs none."""
+    return _tune(store, registry, dataset_splits, "child", context.partition_key, config)

@@ -1,0 +1,246 @@
+"""Training data from a built dataset layout: the index, label tasks, in-memory splits and a shard stream.
+
+A layout (`datasets/<version>/<layout_id>/`) has one shard per (split, group, chunk), so the parent model
+reads every shard of a split while a child model reads only its group's shards. Small splits are loaded
+into memory (`load_split`); `ShardStream` streams shard by shard for data that does not fit.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from earthsnap_assets.ml.hashing import sha256_bytes
+from earthsnap_assets.ml.storage import Blobs, read_json, unpack_arrays
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DatasetIndex:
+    """A parsed `dataset.json` plus the lake prefix its shard names are relative to."""
+
+    prefix: str
+    raw: dict[str, Any]
+
+    @property
+    def dataset_version(self) -> str:
+        return self.raw["dataset_version"]
+
+    @property
+    def layout_id(self) -> str:
+        return self.raw["layout_id"]
+
+    @property
+    def groups(self) -> list[str]:
+        return list(self.raw["labels"]["groups"])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.raw["preprocess"]["image_size"])
+
+    def species_of(self, group: str) -> list[str]:
+        return list(self.raw["labels"]["species"][group])
+
+    def entries(self, split: str, group: str | None = None) -> list[dict[str, Any]]:
+        return [e for e in self.raw["entries"] if e["split"] == split and group in (None, e["group"])]
+
+    def shards(self, split: str, group: str | None = None) -> list[dict[str, Any]]:
+        return [s for s in self.raw["shards"] if s["split"] == split and group in (None, s["group"])]
+
+
+def load_index(blobs: Blobs, bucket: str, prefix: str) -> DatasetIndex:
+    prefix = prefix if prefix.endswith("/") else prefix + "/"
+    raw = read_json(blobs, bucket, prefix + "dataset.json")
+    if raw is None:
+        raise FileNotFoundError(f"no dataset.json under s3://{bucket}/{prefix}")
+    return DatasetIndex(prefix, raw)
+
+
+@dataclass(frozen=True)
+class LabelTask:
+    """What a model learns: its classes, and which group's shards it reads (None: every group)."""
+
+    name: str
+    classes: tuple[str, ...]
+    group: str | None
+
+    def label_of(self, entry: dict[str, Any]) -> int:
+        return self.classes.index(entry["group"] if self.group is None else entry["species"])
+
+
+def parent_task(index: DatasetIndex) -> LabelTask:
+    return LabelTask("parent", tuple(index.groups), None)
+
+
+def child_task(index: DatasetIndex, group: str) -> LabelTask:
+    return LabelTask(f"child/{group}", tuple(index.species_of(group)), group)
+
+
+@dataclass(frozen=True)
+class LabeledArrays:
+    pixels: np.ndarray  # uint8 N x S x S x 3
+    labels: np.ndarray  # int64 N
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.labels, minlength=len(self.classes))
+
+
+def _labels_by_row(index: DatasetIndex, split: str, task: LabelTask) -> dict[tuple[str, int], int]:
+    return {(e["shard"], e["row"]): task.label_of(e) for e in index.entries(split, task.group)}
+
+
+def read_shard(blobs: Blobs, bucket: str, index: DatasetIndex, shard: dict[str, Any]) -> np.ndarray:
+    """One shard's pixels, checked against the hash and row count recorded in the index."""
+    data = blobs.read(bucket, index.prefix + shard["name"])
+    if sha256_bytes(data) != shard["sha256"]:
+        raise ValueError(f"shard {shard['name']} does not match its sha256 in dataset.json")
+    pixels = unpack_arrays(data)
+    if pixels.shape[0] != shard["count"]:
+        raise ValueError(f"shard {shard['name']} has {pixels.shape[0]} rows, dataset.json says {shard['count']}")
+    return pixels
+
+
+def load_split(blobs: Blobs, bucket: str, index: DatasetIndex, split: str, task: LabelTask) -> LabeledArrays:
+    """All rows of `split` for `task`, in shard order; reads only the shards of the task's group(s)."""
+    labels_of = _labels_by_row(index, split, task)
+    pixels, labels = [], []
+    for shard in index.shards(split, task.group):
+        array = read_shard(blobs, bucket, index, shard)
+        pixels.append(array)
+        labels.extend(labels_of[(shard["name"], row)] for row in range(array.shape[0]))
+    size = index.image_size
+    stacked = np.concatenate(pixels) if pixels else np.zeros((0, size, size, 3), np.uint8)
+    return LabeledArrays(stacked, np.asarray(labels, dtype=np.int64), list(task.classes))
+
+
+def balanced_sample(arrays: LabeledArrays, per_class: int | None, seed: int) -> LabeledArrays:
+    """The same number of rows from every class (a class with fewer keeps all of its rows).
+
+    `per_class=None` takes the size of the smallest non-empty class. Rows are chosen with a seeded RNG and
+    kept in their original order, so the same inputs always give the same sample.
+    """
+    counts = arrays.class_counts()
+    present = counts[counts > 0]
+    take = int(present.min()) if per_class is None and present.size else per_class
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label in range(len(arrays.classes)):
+        rows = np.flatnonzero(arrays.labels == label)
+        size = min(take or 0, rows.size)
+        chosen.append(rng.choice(rows, size=size, replace=False) if size < rows.size else rows)
+    keep = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+    return LabeledArrays(arrays.pixels[keep], arrays.labels[keep], arrays.classes)
+
+
+def _mix_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([p & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
+
+
+class ShardStream(IterableDataset):
+    """Streams (uint8 HWC tensor, label) shard by shard, through a seeded shuffle buffer.
+
+    Shard order and buffer draws depend only on (seed, epoch, worker id), so with a fixed number of
+    DataLoader workers an epoch's order is reproducible. Workers take disjoint shards. Call `set_epoch`
+    before each epoch in the main process (use non-persistent workers so they see it).
+    """
+
+    def __init__(
+        self,
+        blobs: Blobs,
+        bucket: str,
+        index: DatasetIndex,
+        split: str,
+        task: LabelTask,
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        buffer_size: int = 2048,
+    ) -> None:
+        super().__init__()
+        self.blobs, self.bucket, self.index, self.split, self.task = blobs, bucket, index, split, task
+        self.seed, self.shuffle, self.buffer_size = seed, shuffle, buffer_size
+        self.epoch = 0
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.task.classes)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return sum(s["count"] for s in self.index.shards(self.split, self.task.group))
+
+    def class_counts(self) -> np.ndarray:
+        labels = list(_labels_by_row(self.index, self.split, self.task).values())
+        return np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(self.task.classes))
+
+    def _my_shards(self) -> tuple[list[dict[str, Any]], int]:
+        shards = self.index.shards(self.split, self.task.group)
+        if self.shuffle:
+            order = np.random.default_rng(_mix_seed(self.seed, self.epoch)).permutation(len(shards))
+            shards = [shards[i] for i in order]
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        return shards[worker::workers], worker
+
+    def _rows(self, shards: list[dict[str, Any]]) -> Iterator[tuple[np.ndarray, int]]:
+        labels_of = _labels_by_row(self.index, self.split, self.task)
+        for shard in shards:
+            array = read_shard(self.blobs, self.bucket, self.index, shard)
+            for row in range(array.shape[0]):
+                yield array[row], labels_of[(shard["name"], row)]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
+        shards, worker = self._my_shards()
+        rows = self._rows(shards)
+        if not self.shuffle:
+            yield from ((torch.from_numpy(p.copy()), label) for p, label in rows)
+            return
+        rng = np.random.default_rng(_mix_seed(self.seed, self.epoch, worker))
+        buffer: list[tuple[np.ndarray, int]] = []
+        for item in rows:
+            buffer.append(item)
+            if len(buffer) >= self.buffer_size:
+                yield self._pop(buffer, rng)
+        while buffer:
+            yield self._pop(buffer, rng)
+
+    @staticmethod
+    def _pop(buffer: list[tuple[np.ndarray, int]], rng: np.random.Generator) -> tuple[torch.Tensor, int]:
+        """Remove a random item in O(1) by swapping it with the last one."""
+        i = int(rng.integers(len(buffer)))
+        buffer[i], buffer[-1] = buffer[-1], buffer[i]
+        pixels, label = buffer.pop()
+        return torch.from_numpy(pixels.copy()), label
+
+
+def collate_uint8(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack samples into a uint8 NHWC batch and int64 labels (augmentation runs later, on the batch)."""
+    pixels = torch.stack([p for p, _ in items])
+    labels = torch.tensor([label for _, label in items], dtype=torch.int64)
+    return pixels, labels
+
+
+def make_loader(stream: ShardStream, batch_size: int, *, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader over a `ShardStream`; workers are re-created each epoch so they see `set_epoch`."""
+    return DataLoader(
+        stream,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_uint8,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        prefetch_factor=4 if num_workers else None,
+    )

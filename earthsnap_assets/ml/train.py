@@ -1,0 +1,302 @@
+"""Train one classifier (the parent or a child) with early stopping, pruning and exact resume.
+
+Every epoch's data order, augmentation and dropout come from RNGs seeded by (seed, epoch), and the
+checkpoint written after each epoch holds everything else that changes (weights, optimizer, schedule,
+early-stopping state). So a run killed after epoch k and resumed from its checkpoint ends with the same
+weights, bit for bit on CPU, as a run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from earthsnap_assets.ml.checkpoints import CheckpointStore
+from earthsnap_assets.ml.data import LabeledArrays, ShardStream, make_loader
+from earthsnap_assets.ml.device import autocast, is_cuda, pick_device, prepare_model, to_device_batch
+from earthsnap_assets.ml.models import DEFAULT_BACKBONE, create_classifier, parameter_count
+from earthsnap_assets.ml.transforms import as_tensor, augment_batch, to_model_input
+
+log = logging.getLogger(__name__)
+
+TrainData = LabeledArrays | ShardStream
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    backbone: str = DEFAULT_BACKBONE
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    patience: int | None = 5  # epochs without a better val accuracy before stopping; None: never stop early
+    class_weighting: bool = False
+    seed: int = 0
+    max_train_seconds: float | None = None  # checked at the end of each epoch
+    num_workers: int = 0  # DataLoader workers, used when training from a ShardStream
+    drop_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ValueError("epochs must be >= 1 and batch_size >= 2")
+
+    def resume_key(self) -> dict[str, Any]:
+        """The fields that shape the weights: a checkpoint made under other values is not resumed."""
+        return {k: v for k, v in asdict(self).items() if k not in ("max_train_seconds", "num_workers")}
+
+
+@dataclass
+class Progress:
+    """Everything about a run besides model/optimizer/scheduler that a resume needs."""
+
+    next_epoch: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    best_epoch: int = -1
+    best_val_accuracy: float = -1.0
+    best_val_loss: float = math.inf
+    epochs_since_best: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    stop_reason: str | None = None  # "early_stop" | "pruned" | "time_limit"
+
+
+@dataclass
+class TrainResult:
+    state_dict: dict[str, torch.Tensor]  # weights of the best epoch, on CPU
+    classes: list[str]
+    config: TrainConfig
+    best_epoch: int
+    best_val_accuracy: float
+    best_val_loss: float
+    history: list[dict[str, float]]
+    epochs_run: int
+    stopped_early: bool
+    pruned: bool
+    timed_out: bool
+    train_seconds: float
+    parameter_count: int
+    resumed_from_epoch: int | None
+
+
+class WarmupCosine:
+    """LR factor per step: linear warmup, then cosine decay to 0. A class so LambdaLR can checkpoint it."""
+
+    def __init__(self, warmup_steps: int, total_steps: int) -> None:
+        self.warmup_steps, self.total_steps = warmup_steps, total_steps
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
+    return int(np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, stream]).generate_state(1)[0])
+
+
+def steps_per_epoch(size: int, batch_size: int) -> int:
+    """Batches per epoch; a last batch of one sample is dropped (BatchNorm cannot train on it)."""
+    return size // batch_size + (1 if size % batch_size > 1 else 0)
+
+
+def class_weights(counts: np.ndarray) -> torch.Tensor:
+    """Inverse-frequency weights, mean 1 over present classes: rare classes count as much as common ones."""
+    counts = counts.astype(np.float64)
+    present = counts > 0
+    weights = np.zeros_like(counts)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW without weight decay on biases and norm parameters (decaying them only hurts)."""
+    decay = [p for p in model.parameters() if p.dim() > 1]
+    no_decay = [p for p in model.parameters() if p.dim() <= 1]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def _array_batches(data: LabeledArrays, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
+    order = torch.randperm(len(data), generator=generator).numpy()
+    for start in range(0, steps_per_epoch(len(data), batch_size) * batch_size, batch_size):
+        rows = order[start : start + batch_size]
+        yield torch.from_numpy(data.pixels[rows]), torch.from_numpy(data.labels[rows])
+
+
+def _epoch_batches(data: TrainData, epoch: int, config: TrainConfig, generator, device) -> Iterator[Batch]:
+    if isinstance(data, LabeledArrays):
+        return _array_batches(data, config.batch_size, generator)
+    data.set_epoch(epoch)
+    loader = make_loader(data, config.batch_size, num_workers=config.num_workers, pin_memory=is_cuda(device))
+    return (batch for batch in loader if batch[1].numel() > 1)
+
+
+def _train_epoch(model, batches: Iterator[Batch], optimizer, scheduler, loss_fn, generator, device) -> dict:
+    model.train()
+    total_loss = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen, lr, started = 0, optimizer.param_groups[0]["lr"], time.perf_counter()
+    for pixels, labels in batches:
+        inputs = to_device_batch(augment_batch(to_device_batch(pixels, device), generator), device)
+        targets = labels.to(device, non_blocking=True)
+        with autocast(device):
+            logits = model(inputs)
+        loss = loss_fn(logits.float(), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+        total_loss += loss.detach() * targets.numel()
+        correct += (logits.detach().argmax(dim=1) == targets).sum()
+        seen += targets.numel()
+    seconds = time.perf_counter() - started
+    return {
+        "train_loss": total_loss.item() / max(seen, 1),
+        "train_accuracy": correct.item() / max(seen, 1),
+        "lr": lr,
+        "train_step_seconds": seconds,
+        "images_per_second": seen / max(seconds, 1e-9),
+    }
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, pixels_uint8: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
+    """Eval-mode float32 logits (N x classes) of uint8 NHWC pixels, through the serving transform."""
+    model.eval()
+    outputs = []
+    for start in range(0, len(pixels_uint8), batch_size):
+        chunk = to_device_batch(as_tensor(pixels_uint8[start : start + batch_size]), device)
+        with autocast(device):
+            logits = model(to_device_batch(to_model_input(chunk), device))
+        outputs.append(logits.float().cpu().numpy())
+    return np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)
+
+
+def _evaluate(model: nn.Module, val: LabeledArrays, batch_size: int, device: torch.device) -> dict:
+    logits = torch.from_numpy(predict_logits(model, val.pixels, batch_size, device))
+    labels = torch.from_numpy(val.labels)
+    return {
+        "val_loss": F.cross_entropy(logits, labels).item(),
+        "val_accuracy": (logits.argmax(dim=1) == labels).double().mean().item(),
+    }
+
+
+def _record(progress: Progress, epoch: int, metrics: dict, model: nn.Module, config: TrainConfig) -> None:
+    """Track the best epoch (val accuracy, ties to the lower val loss) and the early-stopping counter."""
+    accuracy, loss = metrics["val_accuracy"], metrics["val_loss"]
+    if accuracy > progress.best_val_accuracy or (
+        accuracy == progress.best_val_accuracy and loss < progress.best_val_loss
+    ):
+        progress.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        progress.best_epoch, progress.best_val_accuracy, progress.best_val_loss = epoch, accuracy, loss
+        progress.epochs_since_best = 0
+    else:
+        progress.epochs_since_best += 1
+    progress.history.append(metrics)
+    progress.next_epoch = epoch + 1
+    if config.patience is not None and progress.epochs_since_best >= config.patience:
+        progress.stop_reason = "early_stop"
+
+
+def _resume(store, key: dict, model, optimizer, scheduler) -> Progress | None:
+    state = store.load() if store is not None else None
+    if state is None:
+        return None
+    if state["key"] != key:
+        log.warning("ignoring a checkpoint made for another config or data set; training from scratch")
+        return None
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return Progress(**state["progress"])
+
+
+def train_classifier(
+    train: TrainData,
+    val: LabeledArrays,
+    config: TrainConfig,
+    *,
+    device: torch.device | None = None,
+    checkpoints: CheckpointStore | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    should_prune: Callable[[int, float], bool] | None = None,
+) -> TrainResult:
+    """Train `config.backbone` on `train`, select the epoch with the best `val` accuracy, checkpoint each epoch."""
+    if len(train) < 2 or len(val) == 0 or len(train.classes) < 2:
+        raise ValueError(f"need >= 2 train rows, >= 1 val row and >= 2 classes ({len(train)}, {len(val)})")
+    device = device or pick_device()
+    classes = list(train.classes)
+    torch.manual_seed(config.seed)
+    model = prepare_model(create_classifier(config.backbone, len(classes), config.drop_rate), device)
+    optimizer = _optimizer(model, config)
+    steps = steps_per_epoch(len(train), config.batch_size)
+    schedule = WarmupCosine(round(config.warmup_epochs * steps), config.epochs * steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    weights = class_weights(train.class_counts()).to(device) if config.class_weighting else None
+    loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing)
+    key = {"config": config.resume_key(), "classes": classes, "train_size": len(train), "val_size": len(val)}
+    progress = _resume(checkpoints, key, model, optimizer, scheduler)
+    resumed_from = None if progress is None else progress.next_epoch - 1
+    progress = progress or Progress()
+    for epoch in range(progress.next_epoch, config.epochs):
+        if progress.stop_reason:
+            break
+        started = time.perf_counter()
+        generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))
+        torch.manual_seed(epoch_seed(config.seed, epoch, stream=1))  # dropout and other global-RNG layers
+        batches = _epoch_batches(train, epoch, config, generator, device)
+        metrics = _train_epoch(model, batches, optimizer, scheduler, loss_fn, generator, device)
+        metrics |= _evaluate(model, val, config.batch_size * 2, device)
+        metrics |= {"epoch": epoch, "seconds": time.perf_counter() - started}
+        progress.train_seconds += metrics["seconds"]
+        _record(progress, epoch, metrics, model, config)
+        if should_prune is not None and should_prune(epoch, metrics["val_accuracy"]):
+            progress.stop_reason = "pruned"
+        elif config.max_train_seconds is not None and progress.train_seconds >= config.max_train_seconds:
+            progress.stop_reason = progress.stop_reason or "time_limit"
+        if checkpoints is not None:
+            _save(checkpoints, key, model, optimizer, scheduler, progress)
+        log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in metrics.items()})
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+    return _result(progress, classes, config, parameter_count(model), resumed_from)
+
+
+def _save(store: CheckpointStore, key: dict, model, optimizer, scheduler, progress: Progress) -> None:
+    state = {"key": key, "progress": dict(vars(progress))}
+    state |= {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+    store.save(state)
+
+
+def _result(progress: Progress, classes: list[str], config: TrainConfig, params: int, resumed_from) -> TrainResult:
+    assert progress.best_state is not None, "at least one epoch has run"
+    return TrainResult(
+        state_dict=progress.best_state,
+        classes=classes,
+        config=config,
+        best_epoch=progress.best_epoch,
+        best_val_accuracy=progress.best_val_accuracy,
+        best_val_loss=progress.best_val_loss,
+        history=progress.history,
+        epochs_run=progress.next_epoch,
+        stopped_early=progress.stop_reason == "early_stop",
+        pruned=progress.stop_reason == "pruned",
+        timed_out=progress.stop_reason == "time_limit",
+        train_seconds=progress.train_seconds,
+        parameter_count=params,
+        resumed_from_epoch=resumed_from,
+    )

@@ -1,0 +1,71 @@
+"""`earthsnap stack up|down|status`: the local stack from a terminal (mounted by the main CLI)."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from earthsnap_assets.settings import Settings
+from earthsnap_assets.stack import ServiceStatus, StackError, dagster_dev, stack_down, stack_status, stack_up
+
+
+def _state(status: ServiceStatus) -> str:
+    if status.healthy:
+        return "healthy"
+    if status.running:
+        return "unhealthy"
+    return "exited" if status.expected else "stopped"
+
+
+def _failing(status: ServiceStatus) -> bool:
+    """Dagster is optional (`up --no-dagster`); SeaweedFS and MLflow are the stack."""
+    return not status.healthy and (status.expected or status.name != dagster_dev.NAME)
+
+
+def _table(statuses: list[ServiceStatus]) -> str:
+    rows = [("SERVICE", "STATE", "PID", "URL", "LOG")]
+    rows += [(s.name, _state(s), str(s.pid or "-"), s.url, str(s.log)) for s in statuses]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join(
+        "  ".join([*(cell.ljust(width) for cell, width in zip(row, widths, strict=False)), row[-1]]) for row in rows
+    )
+
+
+@click.group(name="stack")
+def stack() -> None:
+    """Run SeaweedFS (S3), MLflow and Dagster locally; state lives in EARTHSNAP_HOME."""
+
+
+@stack.command()
+@click.option("--no-dagster", is_flag=True, help="Start only SeaweedFS and MLflow.")
+def up(no_dagster: bool) -> None:
+    """Start what is not running and wait until every service is healthy."""
+    settings = Settings.from_env()
+    began = time.monotonic()
+    try:
+        statuses = stack_up(settings, dagster=not no_dagster)
+    except StackError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(_table(statuses))
+    click.echo(f"\nstack ready in {time.monotonic() - began:.1f} s (home {settings.home})")
+
+
+@stack.command()
+def down() -> None:
+    """Stop every service of this EARTHSNAP_HOME (safe when nothing runs)."""
+    settings = Settings.from_env()
+    try:
+        stopped = stack_down(settings)
+    except StackError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@stack.command()
+def status() -> None:
+    """Show each service; exit 1 if SeaweedFS, MLflow or a started Dagster is not healthy."""
+    statuses = stack_status(Settings.from_env())
+    click.echo(_table(statuses))
+    if any(_failing(s) for s in statuses):
+        raise SystemExit(1)

@@ -1,0 +1,86 @@
+"""Session-wide fixtures: one real local stack (SeaweedFS + MLflow) per test run, on free ports.
+
+The stack gets a temporary EARTHSNAP_HOME and ports picked at random, never the defaults (8333, 5000,
+3000), so a developer's own stack keeps running undisturbed. The EARTHSNAP_* variables (and
+MLFLOW_TRACKING_URI) are exported for the whole session, so code under test that builds
+`Settings.from_env()` reaches the test stack.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from earthsnap_assets.settings import Settings
+from earthsnap_assets.stack import seaweed, stack_down, stack_up
+from earthsnap_assets.stack.process import port_in_use
+
+_GRPC = seaweed.GRPC_OFFSET
+
+
+def _pick_ports(with_grpc: int, single: int, rng: random.Random) -> tuple[list[int], list[int]]:
+    """Free ports: `with_grpc` of them with port+10000 free as well (SeaweedFS), `single` plain ones."""
+    taken: set[int] = set()
+
+    def pick(grpc: bool) -> int:
+        for _ in range(1000):
+            port = rng.randrange(20_000, 65_535 - _GRPC)
+            wanted = {port, port + _GRPC} if grpc else {port}
+            if not wanted & taken and not any(port_in_use(p) for p in wanted):
+                taken.update(wanted)
+                return port
+        raise RuntimeError("no free ports found for the test stack")
+
+    return [pick(True) for _ in range(with_grpc)], [pick(False) for _ in range(single)]
+
+
+def stack_env(home: Path) -> dict[str, str]:
+    """EARTHSNAP_* variables for a stack in `home` on fresh free ports."""
+    (s3, master, volume, filer), (mlflow, dagster) = _pick_ports(4, 2, random.Random())
+    return {
+        "EARTHSNAP_HOME": str(home),
+        "EARTHSNAP_S3_PORT": str(s3),
+        "EARTHSNAP_S3_ENDPOINT": f"http://127.0.0.1:{s3}",
+        "EARTHSNAP_WEED_MASTER_PORT": str(master),
+        "EARTHSNAP_WEED_VOLUME_PORT": str(volume),
+        "EARTHSNAP_WEED_FILER_PORT": str(filer),
+        "EARTHSNAP_MLFLOW_PORT": str(mlflow),
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow}",
+        "EARTHSNAP_DAGSTER_PORT": str(dagster),
+    }
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """The running test stack's Settings; started on first use, stopped at the end of the session."""
+    env = stack_env(tmp_path_factory.mktemp("stack-home"))
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        settings = Settings.from_env()
+        try:
+            stack_up(settings, dagster=False)
+            yield settings
+        finally:
+            stack_down(settings)
+
+
+@pytest.fixture(scope="session")
+def s3_client(stack: Settings) -> Any:
+    """A boto3 S3 client for the test stack."""
+    return seaweed.client(stack)
+
+
+@pytest.fixture
+def make_stack_settings() -> Callable[[Path], Settings]:
+    """Settings for an extra, separate stack in a given home, on its own free ports (env untouched)."""
+
+    def make(home: Path) -> Settings:
+        return Settings.from_env({**os.environ, **stack_env(home)})
+
+    return make
