@@ -78,28 +78,57 @@ def _dagster_home(settings: Settings) -> Path:
     return home
 
 
-@main.command("run")
-@click.argument("job", default="data_pipeline")
-def run_job(job: str) -> None:
-    """Run a Dagster job in this process, recorded in the stack's Dagster instance (seen in the UI)."""
+def _execute(job: str, partition: str | None = None) -> bool:
+    """Run a job in this process, recorded in the stack's Dagster instance (seen in the UI)."""
     import dagster as dg
 
     from earthsnap_assets.definitions import defs
 
-    _dagster_home(_settings())
     started = time.monotonic()
     with dg.DagsterInstance.get() as instance:
-        result = defs.resolve_job_def(job).execute_in_process(instance=instance, raise_on_error=False)
+        result = defs.resolve_job_def(job).execute_in_process(
+            instance=instance, partition_key=partition, raise_on_error=False
+        )
+    label = f"{job}[{partition}]" if partition else job
     for event in result.get_asset_materialization_events():
-        click.echo(f"  materialized {event.asset_key.to_user_string()}")
+        click.echo(f"  materialized {event.asset_key.to_user_string()}{f' [{partition}]' if partition else ''}")
     for check in result.get_asset_check_evaluations():
         state = "passed" if check.passed else f"FAILED ({check.severity.value})"
         click.echo(f"  check {check.asset_key.to_user_string()}:{check.check_name} {state}")
-    click.echo(
-        f"run {result.run_id} {'succeeded' if result.success else 'FAILED'} in {time.monotonic() - started:.1f} s"
-    )
-    if not result.success:
+    outcome = "succeeded" if result.success else "FAILED"
+    click.echo(f"run {result.run_id[:8]} {label} {outcome} in {time.monotonic() - started:.1f} s")
+    return result.success
+
+
+def _species_groups() -> list[str]:
+    import dagster as dg
+
+    with dg.DagsterInstance.get() as instance:
+        return sorted(instance.get_dynamic_partitions("species_group"))
+
+
+@main.command("run")
+@click.argument("job", default="data_pipeline")
+@click.option("--partition", default=None, help="species group, for partitioned jobs (child_training)")
+def run_job(job: str, partition: str | None) -> None:
+    """Run a Dagster job in this process, recorded in the stack's Dagster instance (seen in the UI)."""
+    _dagster_home(_settings())
+    if not _execute(job, partition):
         raise click.ClickException(f"job {job} failed; see the run in the Dagster UI")
+
+
+@main.command("train")
+def train_all() -> None:
+    """Parent, every species group's child (one run per partition, like a backfill), then the comparison."""
+    _dagster_home(_settings())
+    failed = [] if _execute("parent_training") else ["parent_training"]
+    for group in _species_groups():
+        if not _execute("child_training", group):
+            failed.append(f"child_training[{group}]")
+    if not _execute("hierarchy_report"):
+        failed.append("hierarchy_report")
+    if failed:
+        raise click.ClickException(f"failed: {', '.join(failed)}; see the runs in the Dagster UI")
 
 
 @main.command("demo")
@@ -117,8 +146,10 @@ def demo(ctx: click.Context, images_per_species: int) -> None:
         click.echo(f"  {status.name:8s} {status.url}")
     click.echo("== generating and ingesting demo data")
     ctx.invoke(demo_data, images_per_species=images_per_species)
-    click.echo("== running the data pipeline")
+    click.echo("== running the data pipeline (QA, versioned manifest, shards and splits)")
     ctx.invoke(run_job, job="data_pipeline")
+    click.echo("== tuning, training, evaluating and registering parent and child models")
+    ctx.invoke(train_all)
     click.echo(f"== done in {time.monotonic() - started:.0f} s")
     click.echo(f"  Dagster UI : http://127.0.0.1:{settings.dagster_port}/asset-groups")
     click.echo(f"  MLflow UI  : {settings.mlflow_tracking_uri}")

@@ -1,8 +1,12 @@
 """Classifier networks: small timm backbones trained from scratch on 32-96 px species photos.
 
-The list is what hyper-parameter search chooses from. Each was measured on CPU (batch 32, 64 px, one
-AdamW step, 2 cores): they train an epoch of a few thousand images in seconds to a minute, which keeps
-CPU-only runs and CI practical; on a GPU they are cheap enough to train one child model per group.
+These are the backbones hyper-parameter search chooses from, picked by measurement (see BACKBONE_COSTS)
+for learning quickly from scratch at 32-64 px: on a 4-class synthetic task each reaches >= 95% val
+accuracy within 4 short epochs. The mobile nets one would reach for first (lcnet_035/050,
+mobilenetv3_small_050, mobilenetv4_conv_small_035, mobilenetv2_035) cost the same per step but stayed
+below 45% there: depthwise BN nets need long schedules, and at 32 px their last stage is 1 x 1.
+`test_resnet` and `test_convnext` are timm's smallest ResNet-D and ConvNeXt configurations (timm pins
+them for its own tests; we pin timm). `resnet10t` is the capacity option for GPUs and larger data.
 """
 
 from __future__ import annotations
@@ -10,15 +14,15 @@ from __future__ import annotations
 import timm
 from torch import nn
 
-# backbone -> (parameters at 10 classes, approx. ms per train step at batch 32, 64 px, 2 CPU cores)
+# backbone -> (parameters at 10 classes, CPU-ms per train step: batch 32, 64 px, AdamW, one thread)
 BACKBONE_COSTS: dict[str, tuple[int, int]] = {
-    "lcnet_035": (376_180, 170),
-    "mobilenetv3_small_050": (578_474, 260),
-    "mobilenetv4_conv_small_035": (637_194, 235),
-    "lcnet_050": (612_666, 420),
+    "test_convnext": (207_778, 46),
+    "test_resnet": (373_658, 76),
+    "starnet_s050": (415_018, 96),
+    "resnet10t": (4_927_618, 253),
 }
 BACKBONES: tuple[str, ...] = tuple(BACKBONE_COSTS)
-DEFAULT_BACKBONE = "lcnet_035"
+DEFAULT_BACKBONE = "test_convnext"
 
 
 def create_classifier(backbone: str, num_classes: int, drop_rate: float = 0.0) -> nn.Module:

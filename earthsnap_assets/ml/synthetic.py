@@ -171,7 +171,11 @@ def _camera(photo: Image.Image, rng: np.random.Generator) -> Image.Image:
 
 
 def render_image(species: str, rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
-    """One RGB photo of `species` at `size`; deterministic given the rng's state."""
+    """One RGB photo of `species` at `size` (width, height); the same rng state gives the same pixels.
+
+    The subject covers 30-80% of the short side, turned, lit and shadowed on a cluttered background, then
+    goes through a simulated camera (exposure, white balance, vignette, grain, sometimes blur).
+    """
     family, _ = lookup(species)
     photo = _background(rng, size)
     side = max(8, int(min(size) * rng.uniform(0.3, 0.8)))

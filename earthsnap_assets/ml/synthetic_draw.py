@@ -18,11 +18,10 @@ from PIL import Image, ImageDraw, ImageOps
 Drawer = Callable[[Image.Image, int, np.random.Generator, int], None]
 
 
-def hsv(h: float, s: float, v: float, alpha: int | None = None) -> tuple[int, ...]:
-    """8-bit RGB(A) from hue (wraps around), saturation and value (clipped): colours are designed in HSV."""
+def hsv(h: float, s: float, v: float) -> tuple[int, int, int]:
+    """8-bit RGB from hue (wraps around), saturation and value (clipped): colours are designed in HSV."""
     r, g, b = colorsys.hsv_to_rgb(h % 1.0, min(max(s, 0.0), 1.0), min(max(v, 0.0), 1.0))
-    rgb = (round(r * 255), round(g * 255), round(b * 255))
-    return rgb if alpha is None else (*rgb, alpha)
+    return round(r * 255), round(g * 255), round(b * 255)
 
 
 def _px(points: np.ndarray, n: int) -> list[tuple[float, float]]:
@@ -254,6 +253,8 @@ def _snail(canvas: Image.Image, n: int, rng: np.random.Generator, variant: int) 
 
 @dataclass(frozen=True)
 class Family:
+    """How one species group is drawn; its species differ only in the variant passed to `draw`."""
+
     draw: Drawer
     max_tilt: float  # degrees the subject may be turned: mushrooms and snails stand upright
     species: tuple[tuple[str, str], ...]  # (slug, common name), index = variant

@@ -107,15 +107,9 @@ class MlflowRegistry(dg.ConfigurableResource):
         return info.model_uri
 
     def register(self, model_uri: str, name: str, run_id: str, tags: dict[str, str]) -> str:
-        """Register `model_uri` as a new version of `name`, tagged; returns the version number."""
-        from mlflow.exceptions import MlflowException
-
-        try:
-            self.client.create_registered_model(name)
-        except MlflowException as exc:
-            if "RESOURCE_ALREADY_EXISTS" not in str(exc) and "already exists" not in str(exc):
-                raise
-        version = self.client.create_model_version(name, model_uri, run_id=run_id, tags=tags)
+        """Register `model_uri` (a `models:/m-...` logged model) as a new, tagged version of `name`."""
+        mlflow = self._mlflow()
+        version = mlflow.register_model(model_uri, name, tags=tags)
         return str(version.version)
 
     def set_version_tags(self, name: str, version: str, tags: dict[str, str]) -> None:

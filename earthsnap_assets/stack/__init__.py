@@ -65,12 +65,11 @@ def _check_distinct(services: tuple[_Service, ...], settings: Settings) -> None:
 
 
 def _ensure(service: _Service, settings: Settings) -> None:
-    """Leave a healthy service alone; otherwise start it (ports checked first) and wait for health."""
+    """Leave a healthy service alone; otherwise start it and wait for health (stopping it on failure)."""
     proc = ManagedProcess(service.NAME, settings.home)
     ports = service.ports(settings)
     started = False
     if not proc.is_running():
-        proc.stop(service.STOP_TIMEOUT)  # leftovers of a crashed run, stale PID file
         check_ports_free(ports)
         service.launch(settings)
         started = True
@@ -102,7 +101,9 @@ def stack_up(settings: Settings, *, dagster: bool = True) -> list[ServiceStatus]
     services = _selected(dagster)
     _check_distinct(services, settings)
     for service in services:  # all ports first: a conflict should not leave half a stack running
-        if not ManagedProcess(service.NAME, settings.home).is_running():
+        proc = ManagedProcess(service.NAME, settings.home)
+        if not proc.is_running():
+            proc.stop(service.STOP_TIMEOUT)  # workers a crashed leader left behind, stale PID file
             check_ports_free(service.ports(settings))
     settings.home.mkdir(parents=True, exist_ok=True)
     for service in services:

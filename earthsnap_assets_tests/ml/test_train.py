@@ -123,7 +123,7 @@ def test_should_prune_and_the_time_limit_stop_a_run(squares):
 def test_predict_logits_are_the_eval_mode_outputs_of_the_serving_transform(squares):
     _, val = squares
     torch.manual_seed(0)
-    model = create_classifier("lcnet_035", 3)
+    model = create_classifier("test_resnet", 3)
     torch.nn.init.normal_(model.get_classifier().weight)
     logits = predict_logits(model, val.pixels[:10], batch_size=4, device=CPU)
     with torch.inference_mode():

@@ -151,6 +151,7 @@ def test_separate_stack_fails_clearly_then_goes_up_and_down_cleanly(
     assert all(_gone(pid) for pid in pids)
     assert not port_in_use(settings.s3_port) and not port_in_use(settings.mlflow_port)
     assert not list((settings.home / "run").glob("*.pid"))
+    assert not list(Path("/tmp").glob(f"seaweedfs-*-{settings.s3_port}.sock"))  # weed's sockets removed
     assert stack_down(settings) == []
 
 
