@@ -1,20 +1,28 @@
 """Registered model versions in MLflow, pending a person's approval, with the automated gate's verdict."""
 
+import json
+
 import dagster as dg
 
 from earthsnap_assets.defs.partitions import species_group
 from earthsnap_assets.defs.settings import GateConfig
 from earthsnap_assets.pipeline.registration import register
-from earthsnap_assets.refs import EvaluationRef, ModelRef
+from earthsnap_assets.refs import DatasetRef, EvaluationRef, ModelRef
 from earthsnap_assets.resources.mlflow_registry import MlflowRegistry
 
 
-def _register(registry: MlflowRegistry, model: ModelRef, evaluation: EvaluationRef, config: GateConfig):
+def _register(
+    registry: MlflowRegistry,
+    model: ModelRef,
+    evaluation: EvaluationRef,
+    config: GateConfig,
+    extra_tags: dict[str, str] | None = None,
+):
     if model.single_species:
         return dg.Output(
             {"registered": False, "reason": "one-species group: no network"}, metadata={"registered": False}
         )
-    version = register(registry, model, evaluation.metrics, config.min_accuracy, config.tolerance)
+    version = register(registry, model, evaluation.metrics, config.min_accuracy, config.tolerance, extra_tags)
     metadata = {
         "registered_model": version.name,
         "version": version.version,
@@ -29,10 +37,18 @@ def _register(registry: MlflowRegistry, model: ModelRef, evaluation: EvaluationR
 
 @dg.asset(group_name="registry", kinds={"mlflow"})
 def registered_parent(
-    config: GateConfig, registry: MlflowRegistry, parent_model: ModelRef, parent_evaluation: EvaluationRef
+    config: GateConfig,
+    registry: MlflowRegistry,
+    dataset_splits: DatasetRef,
+    parent_model: ModelRef,
+    parent_evaluation: EvaluationRef,
 ):
-    """A new version of `earthsnap-parent`, tagged `approval=pending` and with its gate result."""
-    return _register(registry, parent_model, parent_evaluation, config)
+    """A new version of `earthsnap-parent`, tagged `approval=pending` and with its gate result.
+
+    It also carries `group_species` (JSON group -> species), so serving knows one-species groups.
+    """
+    group_species = json.dumps(dataset_splits.labels["species"], sort_keys=True)
+    return _register(registry, parent_model, parent_evaluation, config, {"group_species": group_species})
 
 
 @dg.asset(group_name="registry", partitions_def=species_group, kinds={"mlflow"})

@@ -24,6 +24,36 @@ class CheckpointStore(Protocol):
     def save(self, state: dict[str, Any]) -> None: ...
 
 
+class Stateful(Protocol):
+    """Model, optimizer, LR scheduler: anything torch can snapshot and restore."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> Any: ...
+
+
+def save_run(store: CheckpointStore, key: dict[str, Any], parts: dict[str, Stateful], progress: dict) -> None:
+    """Snapshot a run: the state of each part, the run's own progress, and the key it is valid for."""
+    store.save({"key": key, "progress": progress, "parts": {name: p.state_dict() for name, p in parts.items()}})
+
+
+def restore_run(store: CheckpointStore | None, key: dict[str, Any], parts: dict[str, Stateful]) -> dict | None:
+    """Load the latest snapshot into `parts` and return its progress; None (and no change) when there is none.
+
+    A snapshot made under another key (other hyper-parameters or data) would resume a different run, so
+    it is ignored and the run starts over (its first save replaces it).
+    """
+    state = store.load() if store is not None else None
+    if state is None:
+        return None
+    if state["key"] != key:
+        log.warning("ignoring a checkpoint made for another config or data set; training from scratch")
+        return None
+    for name, part in parts.items():
+        part.load_state_dict(state["parts"][name])
+    return state["progress"]
+
+
 def to_bytes(state: dict[str, Any]) -> bytes:
     buffer = io.BytesIO()
     torch.save(state, buffer)

@@ -95,6 +95,9 @@ class LabeledArrays:
     def class_counts(self) -> np.ndarray:
         return np.bincount(self.labels, minlength=len(self.classes))
 
+    def take(self, rows: np.ndarray | slice) -> LabeledArrays:
+        return LabeledArrays(self.pixels[rows], self.labels[rows], self.classes)
+
 
 def _labels_by_row(index: DatasetIndex, split: str, task: LabelTask) -> dict[tuple[str, int], int]:
     return {(e["shard"], e["row"]): task.label_of(e) for e in index.entries(split, task.group)}
@@ -140,7 +143,7 @@ def balanced_sample(arrays: LabeledArrays, per_class: int | None, seed: int) -> 
         size = min(take or 0, rows.size)
         chosen.append(rng.choice(rows, size=size, replace=False) if size < rows.size else rows)
     keep = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
-    return LabeledArrays(arrays.pixels[keep], arrays.labels[keep], arrays.classes)
+    return arrays.take(keep)
 
 
 def _mix_seed(*parts: int) -> int:

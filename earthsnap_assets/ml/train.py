@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from earthsnap_assets.ml.checkpoints import CheckpointStore
+from earthsnap_assets.ml.checkpoints import CheckpointStore, restore_run, save_run
 from earthsnap_assets.ml.data import LabeledArrays, ShardStream, make_loader
 from earthsnap_assets.ml.device import autocast, is_cuda, pick_device, prepare_model, to_device_batch
 from earthsnap_assets.ml.models import DEFAULT_BACKBONE, create_classifier, parameter_count
@@ -90,6 +90,19 @@ class TrainResult:
     resumed_from_epoch: int | None
 
 
+@dataclass
+class _Parts:
+    """What a run trains with; model, optimizer and scheduler are what a checkpoint snapshots."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loss_fn: nn.Module
+
+    def stateful(self) -> dict[str, Any]:
+        return {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler}
+
+
 class WarmupCosine:
     """LR factor per step: linear warmup, then cosine decay to 0. A class so LambdaLR can checkpoint it."""
 
@@ -136,7 +149,10 @@ def _array_batches(data: LabeledArrays, batch_size: int, generator: torch.Genera
         yield torch.from_numpy(data.pixels[rows]), torch.from_numpy(data.labels[rows])
 
 
-def _epoch_batches(data: TrainData, epoch: int, config: TrainConfig, generator, device) -> Iterator[Batch]:
+def _epoch_batches(
+    data: TrainData, epoch: int, config: TrainConfig, generator: torch.Generator, device: torch.device
+) -> Iterator[Batch]:
+    """Shuffled batches of uint8 pixels: from memory with `generator`, or streamed in (seed, epoch) order."""
     if isinstance(data, LabeledArrays):
         return _array_batches(data, config.batch_size, generator)
     data.set_epoch(epoch)
@@ -144,8 +160,8 @@ def _epoch_batches(data: TrainData, epoch: int, config: TrainConfig, generator, 
     return (batch for batch in loader if batch[1].numel() > 1)
 
 
-def _train_epoch(model, batches: Iterator[Batch], optimizer, scheduler, loss_fn, generator, device) -> dict:
-    model.train()
+def _train_epoch(parts: _Parts, batches: Iterator[Batch], generator: torch.Generator, device: torch.device) -> dict:
+    model, optimizer = parts.model.train(), parts.optimizer
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     seen, lr, started = 0, optimizer.param_groups[0]["lr"], time.perf_counter()
@@ -154,12 +170,12 @@ def _train_epoch(model, batches: Iterator[Batch], optimizer, scheduler, loss_fn,
         targets = labels.to(device, non_blocking=True)
         with autocast(device):
             logits = model(inputs)
-        loss = loss_fn(logits.float(), targets)
+        loss = parts.loss_fn(logits.float(), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
-        scheduler.step()
+        parts.scheduler.step()
         total_loss += loss.detach() * targets.numel()
         correct += (logits.detach().argmax(dim=1) == targets).sum()
         seen += targets.numel()
@@ -208,21 +224,35 @@ def _record(progress: Progress, epoch: int, metrics: dict, model: nn.Module, con
         progress.epochs_since_best += 1
     progress.history.append(metrics)
     progress.next_epoch = epoch + 1
+    progress.train_seconds += metrics["seconds"]
     if config.patience is not None and progress.epochs_since_best >= config.patience:
         progress.stop_reason = "early_stop"
 
 
-def _resume(store, key: dict, model, optimizer, scheduler) -> Progress | None:
-    state = store.load() if store is not None else None
-    if state is None:
-        return None
-    if state["key"] != key:
-        log.warning("ignoring a checkpoint made for another config or data set; training from scratch")
-        return None
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    return Progress(**state["progress"])
+def _build(train: TrainData, config: TrainConfig, device: torch.device) -> _Parts:
+    """Seeded model init, AdamW, warmup + cosine per step, and the (optionally class-weighted) loss."""
+    torch.manual_seed(config.seed)
+    model = prepare_model(create_classifier(config.backbone, len(train.classes), config.drop_rate), device)
+    optimizer = _optimizer(model, config)
+    steps = steps_per_epoch(len(train), config.batch_size)
+    schedule = WarmupCosine(round(config.warmup_epochs * steps), config.epochs * steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    weights = class_weights(train.class_counts()).to(device) if config.class_weighting else None
+    loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing)
+    return _Parts(model, optimizer, scheduler, loss_fn)
+
+
+def _run_epoch(
+    parts: _Parts, train: TrainData, val: LabeledArrays, epoch: int, config: TrainConfig, device: torch.device
+) -> dict[str, float]:
+    """One epoch whose randomness (order, augmentation, dropout) is a function of (seed, epoch) alone."""
+    started = time.perf_counter()
+    generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))
+    torch.manual_seed(epoch_seed(config.seed, epoch, stream=1))  # dropout and other global-RNG layers
+    batches = _epoch_batches(train, epoch, config, generator, device)
+    metrics = _train_epoch(parts, batches, generator, device)
+    metrics |= _evaluate(parts.model, val, config.batch_size * 2, device)
+    return metrics | {"epoch": epoch, "seconds": time.perf_counter() - started}
 
 
 def train_classifier(
@@ -235,54 +265,39 @@ def train_classifier(
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     should_prune: Callable[[int, float], bool] | None = None,
 ) -> TrainResult:
-    """Train `config.backbone` on `train`, select the epoch with the best `val` accuracy, checkpoint each epoch."""
+    """Train `config.backbone` on `train`, keep the epoch with the best `val` accuracy, checkpoint each epoch.
+
+    `train` is in-memory arrays or a `ShardStream`; `on_epoch(epoch, metrics)` runs after each epoch's
+    checkpoint (for metric logging), `should_prune(epoch, val_accuracy)` can stop a hopeless trial.
+    """
     if len(train) < 2 or len(val) == 0 or len(train.classes) < 2:
         raise ValueError(f"need >= 2 train rows, >= 1 val row and >= 2 classes ({len(train)}, {len(val)})")
     device = device or pick_device()
-    classes = list(train.classes)
-    torch.manual_seed(config.seed)
-    model = prepare_model(create_classifier(config.backbone, len(classes), config.drop_rate), device)
-    optimizer = _optimizer(model, config)
-    steps = steps_per_epoch(len(train), config.batch_size)
-    schedule = WarmupCosine(round(config.warmup_epochs * steps), config.epochs * steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    weights = class_weights(train.class_counts()).to(device) if config.class_weighting else None
-    loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing)
-    key = {"config": config.resume_key(), "classes": classes, "train_size": len(train), "val_size": len(val)}
-    progress = _resume(checkpoints, key, model, optimizer, scheduler)
-    resumed_from = None if progress is None else progress.next_epoch - 1
-    progress = progress or Progress()
+    parts = _build(train, config, device)
+    key = {"config": config.resume_key(), "classes": list(train.classes), "train": len(train), "val": len(val)}
+    restored = restore_run(checkpoints, key, parts.stateful())
+    progress = Progress(**restored) if restored else Progress()
+    resumed_from = progress.next_epoch - 1 if restored else None
     for epoch in range(progress.next_epoch, config.epochs):
         if progress.stop_reason:
             break
-        started = time.perf_counter()
-        generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))
-        torch.manual_seed(epoch_seed(config.seed, epoch, stream=1))  # dropout and other global-RNG layers
-        batches = _epoch_batches(train, epoch, config, generator, device)
-        metrics = _train_epoch(model, batches, optimizer, scheduler, loss_fn, generator, device)
-        metrics |= _evaluate(model, val, config.batch_size * 2, device)
-        metrics |= {"epoch": epoch, "seconds": time.perf_counter() - started}
-        progress.train_seconds += metrics["seconds"]
-        _record(progress, epoch, metrics, model, config)
+        metrics = _run_epoch(parts, train, val, epoch, config, device)
+        _record(progress, epoch, metrics, parts.model, config)
         if should_prune is not None and should_prune(epoch, metrics["val_accuracy"]):
             progress.stop_reason = "pruned"
         elif config.max_train_seconds is not None and progress.train_seconds >= config.max_train_seconds:
             progress.stop_reason = progress.stop_reason or "time_limit"
         if checkpoints is not None:
-            _save(checkpoints, key, model, optimizer, scheduler, progress)
+            save_run(checkpoints, key, parts.stateful(), dict(vars(progress)))
         log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in metrics.items()})
         if on_epoch is not None:
             on_epoch(epoch, metrics)
-    return _result(progress, classes, config, parameter_count(model), resumed_from)
+    return _result(progress, list(train.classes), config, parameter_count(parts.model), resumed_from)
 
 
-def _save(store: CheckpointStore, key: dict, model, optimizer, scheduler, progress: Progress) -> None:
-    state = {"key": key, "progress": dict(vars(progress))}
-    state |= {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-    store.save(state)
-
-
-def _result(progress: Progress, classes: list[str], config: TrainConfig, params: int, resumed_from) -> TrainResult:
+def _result(
+    progress: Progress, classes: list[str], config: TrainConfig, params: int, resumed: int | None
+) -> TrainResult:
     assert progress.best_state is not None, "at least one epoch has run"
     return TrainResult(
         state_dict=progress.best_state,
@@ -298,5 +313,5 @@ def _result(progress: Progress, classes: list[str], config: TrainConfig, params:
         timed_out=progress.stop_reason == "time_limit",
         train_seconds=progress.train_seconds,
         parameter_count=params,
-        resumed_from_epoch=resumed_from,
+        resumed_from_epoch=resumed,
     )

@@ -72,6 +72,7 @@ def tune(
     """Run up to `budget.trials` trials or `budget.seconds`, whichever ends first; deterministic sampler."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
+        study_name=f"earthsnap-tuning-{budget.seed}",  # Hyperband buckets trials by a hash of this name
         direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=budget.seed, n_startup_trials=min(4, budget.trials)),
         pruner=optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(space.epochs), reduction_factor=3),

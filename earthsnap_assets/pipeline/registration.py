@@ -28,7 +28,12 @@ def production_accuracy(registry: MlflowRegistry, name: str) -> float | None:
 
 
 def register(
-    registry: MlflowRegistry, model: ModelRef, metrics: dict[str, float], min_accuracy: float, tolerance: float
+    registry: MlflowRegistry,
+    model: ModelRef,
+    metrics: dict[str, float],
+    min_accuracy: float,
+    tolerance: float,
+    extra_tags: dict[str, str] | None = None,
 ) -> RegisteredVersion:
     """New version of `earthsnap-parent` / `earthsnap-child-<group>`: pending approval, gate result attached."""
     name = model.registered_name
@@ -44,6 +49,7 @@ def register(
         "gate": gate.tag,
         "gate_reason": gate.reason,
         "approval": "pending",
+        **(extra_tags or {}),
     }
     version = registry.register(model.model_uri, name, model.run_id, tags)
     return RegisteredVersion(name, version, gate, tags)

@@ -21,7 +21,17 @@ STOP_TIMEOUT = 20.0
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Storage is left at its default: SQLite under $DAGSTER_HOME/storage, i.e. persistent.
-_DAGSTER_YAML = "# Written by `earthsnap stack up`; edit freely, it is not overwritten.\ntelemetry:\n  enabled: false\n"
+_DAGSTER_YAML = """# Written by `earthsnap stack up`; edit freely, it is not overwritten.
+telemetry:
+  enabled: false
+# Training and tuning steps share the pool `gpu`: one at a time on a laptop (raise it on a GPU node).
+concurrency:
+  pools:
+    granularity: op
+    default_limit: 1
+  runs:
+    max_concurrent_runs: 4
+"""
 
 
 def url(settings: Settings) -> str:

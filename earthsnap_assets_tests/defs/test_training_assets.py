@@ -1,5 +1,6 @@
 """Tuning, training, evaluation and registration materialized in-process on the real stack (tiny models)."""
 
+import json
 import shutil
 
 import dagster as dg
@@ -100,6 +101,7 @@ def test_new_groups_become_partitions_and_everything_trains_and_registers(traine
     assert version.tags["dataset_version"] == _meta(results["data"], "validated_manifest")["dataset_version"]
     assert float(version.tags["test_accuracy"]) >= 0.0 and version.tags["code_version"]
     assert version.tags["classes"].split(",") == sorted(groups)
+    assert sorted(json.loads(version.tags["group_species"])) == sorted(groups)
 
     solo = results["children"]["solo"]
     assert _meta(solo, "child_model", "solo")["single_species"] is True

@@ -21,7 +21,7 @@ from earthsnap_assets.ml.validation import validate
 
 SQUARE_COLORS = np.array([[220, 40, 40], [40, 200, 40], [40, 40, 220]])
 LAKE_SPECIES = {"rose": "flowers", "tulip": "flowers", "moth": "insects"}
-LAKE_IMAGE_SIZE = 24
+LAKE_IMAGE_SIZE = 32
 
 
 def color_squares(n: int, size: int = 32, seed: int = 0, weights: list[float] | None = None) -> LabeledArrays:

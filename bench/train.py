@@ -1,0 +1,448 @@
+"""Training throughput benchmark: our training loop over real shards vs. a bare timm loop.
+
+Prints ONE JSON object to stdout; progress goes to stderr. Run from the repository root:
+
+    .venv/bin/python bench/train.py [--n 600] [--size 64] [--epochs 3] [--backbone lcnet_035] [--s3]
+
+One run builds a real dataset (N generated photos of 4 groups x 3 species -> `validate` + `build_dataset`
+into an in-memory lake) and measures, on the flat task (every species) of its train split:
+  ours     `train_classifier` from `load_split` arrays (and from a `ShardStream`, 0 and 1 loader workers);
+           only the training part of each epoch counts (`history[i]["train_step_seconds"]`, no validation)
+  bare     timm model + AdamW + CrossEntropy over the same images already normalised in one float tensor:
+           no augmentation, no loader, the same batch sizes and number of steps, 2 warm-up steps untimed
+  loader   our data path without a model: batches exactly as the training step consumes them
+           (`_epoch_batches` + `augment_batch`), from arrays and from the `ShardStream` loader
+  --s3     the same dataset built through `ObjectStore()` (env `EARTHSNAP_S3_*`), then `load_split` and
+           the `ShardStream` loader read back from it; two fresh buckets, deleted afterwards
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import platform
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+from torch import nn
+
+from earthsnap_assets.ml.data import DatasetIndex, LabeledArrays, ShardStream, load_index, load_split
+from earthsnap_assets.ml.dataset_build import build_dataset
+from earthsnap_assets.ml.device import to_device_batch
+from earthsnap_assets.ml.manifest import RawObject
+from earthsnap_assets.ml.preprocessing import PreprocessConfig
+from earthsnap_assets.ml.quality import QualityRules
+from earthsnap_assets.ml.splits import SplitConfig
+from earthsnap_assets.ml.storage import Blobs, MemoryBlobs
+from earthsnap_assets.ml.taxonomy import Taxonomy
+from earthsnap_assets.ml.train import TrainConfig, _epoch_batches, epoch_seed, steps_per_epoch, train_classifier
+from earthsnap_assets.ml.transforms import augment_batch, to_model_input
+from earthsnap_assets.ml.validation import validate
+from earthsnap_assets.pipeline.tasks import label_task
+
+PREFIX = "images/"
+RAW_BUCKET = "bench-raw"
+LAKE_BUCKET = "bench-lake"
+TARGET_RATIO = 0.9  # ours / bare
+TARGET_LOADER_OVER_STEP = 3.0  # data path alone / bare train step
+BARE_WARMUP_STEPS = 2
+CPU = torch.device("cpu")
+
+
+def log(*parts: object) -> None:
+    print(*parts, file=sys.stderr, flush=True)
+
+
+def rate(images: int, seconds: float) -> float:
+    return round(images / seconds, 1) if seconds > 0 else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------- dataset
+
+
+def _render_jpeg(job: tuple[int, str, int, int, int]) -> bytes:
+    from earthsnap_assets.ml.synthetic import render_image
+
+    index, species, seed, width, height = job
+    buffer = io.BytesIO()
+    render_image(species, np.random.default_rng([seed, index]), (width, height)).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def generate(n: int, photo_size: tuple[int, int], seed: int, workers: int) -> tuple[dict[str, bytes], Taxonomy]:
+    """N JPEGs drawn by `synthetic.render_image`, species round-robin over the default 4 groups x 3 species."""
+    from earthsnap_assets.ml.synthetic import SyntheticSpec, species_table
+
+    rows = species_table(SyntheticSpec())
+    taxonomy = Taxonomy({slug: group for slug, group, _ in sorted(rows)})
+    jobs = [(i, rows[i % len(rows)][0], seed, *photo_size) for i in range(n)]
+    if workers > 1 and n > 16:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            datas = list(pool.map(_render_jpeg, jobs, chunksize=16))
+    else:
+        datas = [_render_jpeg(job) for job in jobs]
+    return {f"{PREFIX}{job[1]}/{job[0]:05d}.jpg": data for job, data in zip(jobs, datas, strict=True)}, taxonomy
+
+
+@dataclass(frozen=True)
+class Lake:
+    """Where a dataset is built and read back: a `Blobs` plus how to upload and list raw photos."""
+
+    blobs: Blobs
+    raw_bucket: str
+    lake_bucket: str
+    upload: Callable[[dict[str, bytes]], None]
+    list_objects: Callable[[], list[RawObject]]
+
+
+def memory_lake() -> Lake:
+    blobs = MemoryBlobs()
+    listed: dict[str, RawObject] = {}
+
+    def upload(files: dict[str, bytes]) -> None:
+        for key, data in files.items():
+            blobs.write(RAW_BUCKET, key, data)
+            listed[key] = RawObject(key, hashlib.md5(data, usedforsecurity=False).hexdigest(), len(data))
+
+    return Lake(blobs, RAW_BUCKET, LAKE_BUCKET, upload, lambda: [listed[k] for k in sorted(listed)])
+
+
+def build(lake: Lake, files: dict[str, bytes], taxonomy: Taxonomy, size: int, workers: int) -> tuple[DatasetIndex, dict]:
+    """Upload, `validate` (QA + manifest) and `build_dataset` (preprocess, split, shard); the index read back."""
+    lake.upload(files)
+    start = time.perf_counter()
+    checked = validate(
+        lake.blobs,
+        lake.list_objects(),
+        taxonomy,
+        QualityRules(),
+        raw_bucket=lake.raw_bucket,
+        lake_bucket=lake.lake_bucket,
+        prefix=PREFIX,
+        workers=workers,
+    )
+    validated = time.perf_counter()
+    dataset = build_dataset(
+        lake.blobs,
+        checked.manifest,
+        raw_bucket=lake.raw_bucket,
+        lake_bucket=lake.lake_bucket,
+        preprocess=PreprocessConfig(image_size=size),
+        splits=SplitConfig(),
+        workers=workers,
+    )
+    built = time.perf_counter()
+    index = load_index(lake.blobs, lake.lake_bucket, dataset.prefix)
+    stats = {
+        "validate_s": round(validated - start, 3),
+        "build_s": round(built - validated, 3),
+        "accepted": len(checked.manifest.accepted),
+        "rejected": len(checked.manifest.rejected),
+        "shards": len(index.raw["shards"]),
+        "dataset_version": dataset.dataset_version,
+        "split_counts": {s: len(index.entries(s)) for s in ("train", "val", "test")},
+    }
+    return index, stats
+
+
+def flat_stream(lake: Lake, index: DatasetIndex, seed: int) -> ShardStream:
+    return ShardStream(lake.blobs, lake.lake_bucket, index, "train", label_task(index, "flat"), seed=seed)
+
+
+# ---------------------------------------------------------------------------------------------- ours
+
+
+def ours(train: LabeledArrays | ShardStream, val: LabeledArrays, config: TrainConfig) -> dict:
+    """`train_classifier`; images/s over the training part of every epoch (validation excluded)."""
+    start = time.perf_counter()
+    result = train_classifier(train, val, config, device=CPU)
+    total = time.perf_counter() - start
+    seconds = [h["train_step_seconds"] for h in result.history]
+    images = [round(h["images_per_second"] * h["train_step_seconds"]) for h in result.history]
+    later = rate(sum(images[1:]), sum(seconds[1:])) if len(seconds) > 1 else None
+    return {
+        "images_per_s": rate(sum(images), sum(seconds)),
+        "images_per_s_after_epoch_0": later,
+        "train_s": round(sum(seconds), 3),
+        "val_and_other_s": round(total - sum(seconds), 3),
+        "images": sum(images),
+        "epoch_train_s": [round(s, 3) for s in seconds],
+        "final_train_accuracy": round(result.history[-1]["train_accuracy"], 3),
+        "best_val_accuracy": round(result.best_val_accuracy, 3),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- bare
+
+
+def batch_sizes(size: int, batch_size: int, epochs: int) -> list[int]:
+    """The batch sizes our loop trains on: full batches, then the remainder unless it is one sample."""
+    steps = steps_per_epoch(size, batch_size)
+    per_epoch = [min(batch_size, size - i * batch_size) for i in range(steps)]
+    return per_epoch * epochs
+
+
+def bare(inputs: torch.Tensor, labels: torch.Tensor, config: TrainConfig, sizes: Sequence[int]) -> dict:
+    """A plain timm loop over float NCHW `inputs` already in memory: the cost of the model step alone."""
+    torch.manual_seed(config.seed)
+    model = timm.create_model(config.backbone, pretrained=False, num_classes=int(labels.max()) + 1)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        start = 0
+        for size in sizes:
+            if start + size > len(inputs):
+                start = 0
+            yield inputs[start : start + size], labels[start : start + size]
+            start += size
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        loss = loss_fn(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for x, y in list(batches())[:BARE_WARMUP_STEPS]:
+        step(x, y)
+    start, cpu = time.perf_counter(), time.process_time()
+    for x, y in batches():
+        step(x, y)
+    seconds = time.perf_counter() - start
+    return {
+        "images_per_s": rate(sum(sizes), seconds),
+        "train_s": round(seconds, 3),
+        "cpu_s": round(time.process_time() - cpu, 3),
+        "steps": len(sizes),
+        "images": sum(sizes),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- loader
+
+
+def loader(train: LabeledArrays | ShardStream, config: TrainConfig, *, augment: bool) -> dict:
+    """Our batches for `config.epochs` epochs without a model: `_epoch_batches` (+ `augment_batch`)."""
+    images, seconds = 0, 0.0
+    for epoch in range(config.epochs):
+        generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))
+        start = time.perf_counter()
+        for pixels, labels in _epoch_batches(train, epoch, config, generator, CPU):
+            if augment:
+                to_device_batch(augment_batch(to_device_batch(pixels, CPU), generator), CPU)
+            images += labels.numel()
+        seconds += time.perf_counter() - start
+    return {"images_per_s": rate(images, seconds), "s": round(seconds, 3), "images": images}
+
+
+def augment_warmup(train: LabeledArrays, config: TrainConfig) -> None:
+    batch = torch.from_numpy(train.pixels[: config.batch_size])
+    augment_batch(batch, torch.Generator().manual_seed(0))
+
+
+# ---------------------------------------------------------------------------------------------- S3
+
+
+def s3_bench(files: dict[str, bytes], taxonomy: Taxonomy, args: argparse.Namespace, config: TrainConfig) -> dict:
+    """Build the dataset through the configured object store, then read it back for training."""
+    from earthsnap_assets.resources.object_store import ObjectStore
+
+    store = ObjectStore()
+    client = store.client
+    run = uuid.uuid4().hex[:8]
+    raw, lake_bucket = f"earthsnap-bench-{run}-raw", f"earthsnap-bench-{run}-lake"
+    log(f"[s3] {store.settings.s3_endpoint}: buckets {raw}, {lake_bucket}")
+    for bucket in (raw, lake_bucket):
+        client.create_bucket(Bucket=bucket)
+    try:
+        lake = Lake(
+            store, raw, lake_bucket, lambda f: store.upload_many(raw, f), lambda: store.list_objects(raw, PREFIX)
+        )
+        index, stats = build(lake, files, taxonomy, args.size, args.workers)
+        task = label_task(index, "flat")
+        start = time.perf_counter()
+        train = load_split(store, lake_bucket, index, "train", task)
+        load_s = time.perf_counter() - start
+        out: dict[str, Any] = {"endpoint": store.settings.s3_endpoint, "dataset": stats}
+        out["load_split_train_s"] = round(load_s, 3)
+        out["load_split_images_per_s"] = rate(len(train), load_s)
+        for workers in args.stream_workers:
+            stream_config = replace(config, num_workers=workers)
+            stream = flat_stream(lake, index, config.seed)
+            out[f"loader_stream_w{workers}"] = loader(stream, stream_config, augment=True)
+            out[f"loader_stream_w{workers}_no_augment"] = loader(stream, stream_config, augment=False)
+        return out
+    finally:
+        for bucket in (raw, lake_bucket):
+            _delete_bucket(client, bucket)
+
+
+def _delete_bucket(client, bucket: str) -> None:
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+        if keys:
+            client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+    client.delete_bucket(Bucket=bucket)
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def machine() -> dict:
+    return {
+        "cpu_count": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "platform": platform.platform(),
+        # Other work on the machine skews every number here: a 1-minute load near the CPU count means contention.
+        "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
+    }
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=600, help="generated photos (default 600)")
+    parser.add_argument("--size", type=int, default=64, help="training resolution S (default 64)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of every training run (default 3)")
+    parser.add_argument("--backbone", default="lcnet_035", help="timm architecture (default lcnet_035)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--photo-size", default="320x240", help="WxH of the generated JPEGs (default 320x240)")
+    parser.add_argument("--workers", type=int, default=2, help="processes of validate/build_dataset (default 2)")
+    parser.add_argument(
+        "--stream-workers", default="0,1", help="ShardStream DataLoader workers to try, comma-separated; '' skips"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--s3", action="store_true", help="also build and read back through ObjectStore()")
+    args = parser.parse_args(argv)
+    width, _, height = args.photo_size.partition("x")
+    args.photo_size = (int(width), int(height))
+    args.stream_workers = [int(w) for w in args.stream_workers.split(",") if w.strip()]
+    if args.n < 60 or args.size < 16 or args.epochs < 1 or args.batch_size < 2 or min(args.photo_size) < 64:
+        parser.error("need --n >= 60, --size >= 16, --epochs >= 1, --batch-size >= 2 and photos >= 64 px")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    facts = machine()
+    config = TrainConfig(
+        backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size, patience=None, seed=args.seed
+    )
+
+    log(f"generating {args.n} photos {args.photo_size[0]}x{args.photo_size[1]}")
+    start = time.perf_counter()
+    files, taxonomy = generate(args.n, args.photo_size, args.seed, max(1, min(os.cpu_count() or 1, 4)))
+    generate_s = time.perf_counter() - start
+    log(f"  {generate_s:.1f} s; validate + build_dataset at {args.size} px into MemoryBlobs")
+    lake = memory_lake()
+    index, dataset = build(lake, files, taxonomy, args.size, args.workers)
+    task = label_task(index, "flat")
+    train = load_split(lake.blobs, lake.lake_bucket, index, "train", task)
+    val = load_split(lake.blobs, lake.lake_bucket, index, "val", task)
+    log(f"  {dataset}")
+    sizes = batch_sizes(len(train), config.batch_size, config.epochs)
+    inputs, labels = to_model_input(train.pixels), torch.from_numpy(train.labels)
+
+    # The model step alone, before and after our loop: their spread shows how much the load drifted.
+    log(f"bare timm loop: {len(sizes)} steps of {config.backbone}, batch {config.batch_size}")
+    bare_before = bare(inputs, labels, config, sizes)
+    log(f"  {bare_before['images_per_s']} images/s")
+    log(f"ours: train_classifier on {len(train)} train / {len(val)} val images, {config.epochs} epochs")
+    ours_arrays = ours(train, val, config)
+    log(f"  {ours_arrays['images_per_s']} images/s (train part of each epoch)")
+    bare_after = bare(inputs, labels, config, sizes)
+    log(f"  bare again: {bare_after['images_per_s']} images/s")
+    bare_rate = (bare_before["images_per_s"] + bare_after["images_per_s"]) / 2
+
+    augment_warmup(train, config)
+    log("loader alone: _epoch_batches + augment_batch")
+    loaders = {"arrays": loader(train, config, augment=True), "arrays_no_augment": loader(train, config, augment=False)}
+    streams: dict[str, dict] = {}
+    for workers in args.stream_workers:
+        stream_config = replace(config, num_workers=workers)
+        loaders[f"stream_w{workers}"] = loader(flat_stream(lake, index, args.seed), stream_config, augment=True)
+        loaders[f"stream_w{workers}_no_augment"] = loader(
+            flat_stream(lake, index, args.seed), stream_config, augment=False
+        )
+        log(f"ours over ShardStream + make_loader, num_workers={workers}")
+        streams[f"w{workers}"] = ours(flat_stream(lake, index, args.seed), val, stream_config)
+        log(f"  {streams[f'w{workers}']['images_per_s']} images/s")
+    log(f"  loaders: { {k: v['images_per_s'] for k, v in loaders.items()} }")
+
+    ratio = ours_arrays["images_per_s"] / bare_rate
+    loader_over_step = loaders["arrays"]["images_per_s"] / bare_rate
+    report: dict[str, Any] = {
+        "benchmark": "train",
+        "params": {
+            "n": args.n,
+            "size": args.size,
+            "epochs": config.epochs,
+            "backbone": config.backbone,
+            "batch_size": config.batch_size,
+            "photo_size": list(args.photo_size),
+            "workers": args.workers,
+            "seed": args.seed,
+            "task": "flat",
+            "classes": len(task.classes),
+            "train_images": len(train),
+            "val_images": len(val),
+            "steps": len(sizes),
+            "bare_warmup_steps": BARE_WARMUP_STEPS,
+            "store": "MemoryBlobs",
+        },
+        "machine": facts,
+        "dataset": dataset | {"generate_s": round(generate_s, 2)},
+        "ours_images_per_s": ours_arrays["images_per_s"],
+        "bare_images_per_s": round(bare_rate, 1),
+        "ratio": round(ratio, 3),
+        "target_ratio": TARGET_RATIO,
+        "meets_ratio_target": ratio >= TARGET_RATIO,
+        "loader_images_per_s": loaders["arrays"]["images_per_s"],
+        "train_step_images_per_s": round(bare_rate, 1),
+        "loader_over_step": round(loader_over_step, 2),
+        "target_loader_over_step": TARGET_LOADER_OVER_STEP,
+        "meets_loader_target": loader_over_step >= TARGET_LOADER_OVER_STEP,
+        "ours_stream_images_per_s": {k: v["images_per_s"] for k, v in streams.items()},
+        "loader_stream_images_per_s": {k: v["images_per_s"] for k, v in loaders.items() if k.startswith("stream")},
+        "detail": {
+            "ours_arrays": ours_arrays,
+            "ours_stream": streams,
+            "bare_before": bare_before,
+            "bare_after": bare_after,
+            "loaders": loaders,
+        },
+        "s3": None,
+    }
+    status = 0
+    if args.s3:
+        try:
+            report["s3"] = s3_bench(files, taxonomy, args, config)
+        except Exception as exc:  # report what failed; the in-memory numbers are still worth printing
+            log(f"[s3] failed: {type(exc).__name__}: {exc}")
+            report["s3"] = {"error": f"{type(exc).__name__}: {exc}"}
+            status = 1
+    report["machine"]["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(report, indent=2))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

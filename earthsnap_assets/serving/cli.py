@@ -1,0 +1,57 @@
+"""`earthsnap serve --env staging|production`: the endpoint under uvicorn (mounted by the main CLI)."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from earthsnap_assets.serving.config import ENVIRONMENTS, ServeConfig
+
+DEFAULTS = ServeConfig()
+
+
+@click.command("serve")
+@click.option("--env", "env", type=click.Choice(ENVIRONMENTS), required=True, help="alias to serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--model-prefix", default=DEFAULTS.model_prefix, show_default=True, help="registered model names")
+@click.option("--poll-interval", default=DEFAULTS.poll_interval_s, show_default=True, help="seconds between checks")
+@click.option("--confidence-threshold", default=DEFAULTS.confidence_threshold, show_default=True, type=float)
+@click.option("--max-bytes", default=DEFAULTS.max_bytes, show_default=True, help="largest accepted upload")
+@click.option("--max-batch", default=DEFAULTS.max_batch, show_default=True)
+@click.option("--max-wait-ms", default=DEFAULTS.max_wait_ms, show_default=True, type=float)
+@click.option("--access-log/--no-access-log", default=False, show_default=True, help="one log line per request")
+@click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"]))
+def serve(
+    env: str,
+    host: str,
+    port: int,
+    model_prefix: str,
+    poll_interval: float,
+    confidence_threshold: float,
+    max_bytes: int,
+    max_batch: int,
+    max_wait_ms: float,
+    access_log: bool,
+    log_level: str,
+) -> None:
+    """Serve the hierarchical classifier that the `env` alias points to; follows the alias when it moves."""
+    import uvicorn
+
+    from earthsnap_assets.serving.app import create_app
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = ServeConfig(
+            model_prefix=model_prefix,
+            poll_interval_s=poll_interval,
+            confidence_threshold=confidence_threshold,
+            max_bytes=max_bytes,
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    app = create_app(env, config=config)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log, workers=1)

@@ -1,0 +1,55 @@
+"""Knobs of the serving endpoint, in one frozen value passed to `create_app` (nothing read at import)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from earthsnap_assets.ml.quality import QualityRules
+
+ENVIRONMENTS = ("staging", "production")  # each one is served from the MLflow alias of the same name
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """How the endpoint finds its models, batches forward passes and refuses bad uploads.
+
+    `model_prefix` names the registered models (`<prefix>parent`, `<prefix>child-<group>`); tests use a
+    unique prefix so they never touch the pipeline's own models on a shared MLflow.
+    `rules` are data QA's per-image rules: a photo the training pipeline would reject for its format, its
+    pixel count (decompression bombs) or its size is refused by the endpoint too.
+    """
+
+    model_prefix: str = "earthsnap-"
+    poll_interval_s: float = 2.0  # how often the alias versions are checked for a move
+    retry_failed_s: float = 60.0  # a set of versions that failed to load is tried again only after this
+    max_batch: int = 16  # most items in one forward pass
+    max_wait_ms: float = 5.0  # longest an item waits for companions (only while other requests are decoding)
+    max_bytes: int = 10 * 1024 * 1024  # largest accepted request body
+    confidence_threshold: float = 0.5  # child's top P(species | group) below this -> answer at group level
+    default_top_k: int = 5
+    max_top_k: int = 100
+    rules: QualityRules = field(default_factory=QualityRules)
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        if self.max_wait_ms < 0 or self.poll_interval_s <= 0:
+            raise ValueError("max_wait_ms must be >= 0 and poll_interval_s > 0")
+        if not 0.0 <= self.confidence_threshold <= 1.0:
+            raise ValueError("confidence_threshold must be within [0, 1]")
+        if not 1 <= self.default_top_k <= self.max_top_k:
+            raise ValueError("default_top_k must be within [1, max_top_k]")
+
+    @property
+    def parent_name(self) -> str:
+        return f"{self.model_prefix}parent"
+
+    def child_name(self, group: str) -> str:
+        return f"{self.model_prefix}child-{group}"
+
+
+def alias_for(env: str) -> str:
+    """The registry alias an environment serves; refuses unknown environments early, with the choices."""
+    if env not in ENVIRONMENTS:
+        raise ValueError(f"unknown environment {env!r}; expected one of {list(ENVIRONMENTS)}")
+    return env

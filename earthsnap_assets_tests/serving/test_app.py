@@ -1,0 +1,251 @@
+"""The serving endpoint over real sockets, against tiny models registered on the session's real MLflow."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from earthsnap_assets.serving.app import create_app
+from earthsnap_assets.serving.batching import MicroBatcher
+from earthsnap_assets.serving.cli import serve
+from earthsnap_assets_tests.serving.conftest import Deployed, Served
+from earthsnap_assets_tests.serving.helpers import (
+    BLUE,
+    GREEN,
+    RED,
+    TinyModels,
+    expected_probabilities,
+    free_port,
+    photo,
+    png_header,
+    serving,
+    wait_ready,
+    wait_until,
+)
+
+pytestmark = pytest.mark.stack
+
+
+def predict(url: str, data: Any = None, **kwargs: Any) -> requests.Response:
+    return requests.post(f"{url}/predict", data=data, timeout=30, **kwargs)
+
+
+def test_species_answer_is_parent_times_child(staging: Served, deployed: Deployed) -> None:
+    data = photo(GREEN)
+    response = predict(staging.url, data, headers={"Content-Type": "image/jpeg"}, params={"top_k": 6})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    expected = expected_probabilities(data)
+    assert (body["species"], body["group"], body["level"], body["note"]) == ("rose", "flowers", "species", None)
+    assert body["probability"] == pytest.approx(expected["rose"], abs=1e-5)
+    assert [entry["species"] for entry in body["top_k"]] == sorted(expected, key=lambda s: -expected[s])
+    for entry in body["top_k"]:
+        assert entry["probability"] == pytest.approx(expected[entry["species"]], abs=1e-5)
+    assert sum(entry["probability"] for entry in body["top_k"]) == pytest.approx(1.0, abs=1e-5)
+    assert body["model_versions"] == deployed.model_versions  # birds has one species: no child model
+    assert len(predict(staging.url, data).json()["top_k"]) == 5  # the default top_k
+
+
+def test_multipart_upload_gives_the_raw_body_answer(staging: Served) -> None:
+    data = photo(GREEN, fmt="PNG")
+    raw = predict(staging.url, data).json()
+    files = {"file": ("leaf.png", data, "image/png")}
+    multipart = predict(staging.url, {"comment": "ignored"}, files=files)
+    assert multipart.status_code == 200, multipart.text
+    assert multipart.json() == raw
+
+
+def test_unsure_child_backs_off_to_the_group(staging: Served) -> None:
+    data = photo(BLUE)
+    body = predict(staging.url, data, params={"top_k": 3}).json()
+    p_insects = sum(p for s, p in expected_probabilities(data).items() if s in ("moth", "bee", "ant"))
+    assert (body["species"], body["group"], body["level"]) == (None, "insects", "group")
+    assert body["probability"] == pytest.approx(p_insects, abs=1e-5)
+    assert "insects" in body["note"] and "0.333" in body["note"]
+    assert {entry["species"] for entry in body["top_k"]} == {"moth", "bee", "ant"}
+    assert all(entry["probability"] == pytest.approx(p_insects / 3, abs=1e-5) for entry in body["top_k"])
+
+
+def test_one_species_group_needs_no_child(staging: Served) -> None:
+    data = photo(RED)
+    body = predict(staging.url, data).json()
+    assert (body["species"], body["group"], body["level"]) == ("robin", "birds", "species")
+    assert body["probability"] == pytest.approx(expected_probabilities(data)["robin"], abs=1e-5)
+
+
+def _noise_jpeg(size: int = 200) -> bytes:
+    buffer = io.BytesIO()
+    pixels = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+BAD_INPUTS: dict[str, tuple[dict[str, Any], int, str]] = {
+    "empty": ({"data": b""}, 400, "empty body"),
+    "not-an-image": ({"data": b"hello, world " * 20}, 415, "not an image"),
+    "gif": ({"data": photo(GREEN, fmt="GIF")}, 415, "GIF"),
+    "too-small": ({"data": photo(GREEN, size=(40, 300))}, 422, "short side"),
+    "truncated": ({"data": _noise_jpeg()[:6000]}, 422, "does not decode"),
+    "too-many-pixels": ({"data": png_header(8000, 6000)}, 413, "48000000 pixels"),
+    "decompression-bomb": ({"data": png_header(60000, 60000)}, 413, "pixels"),
+    "declared-too-large": ({"data": b"x" * 250_000}, 413, "limit of 200000 bytes"),
+    "streamed-too-large": ({"data": iter([b"x" * 50_000] * 5)}, 413, "limit of 200000 bytes"),
+    "multipart-no-file": ({"files": {"image": ("a.jpg", photo(GREEN))}}, 400, "'file'"),
+    "multipart-two-files": ({"files": [("file", ("a.jpg", b"a")), ("file", ("b.jpg", b"b"))]}, 400, "found 2"),
+    "multipart-mixed": ({"data": b"--x--", "headers": {"Content-Type": "multipart/mixed; boundary=x"}}, 400, ""),
+    "multipart-no-boundary": ({"data": photo(GREEN), "headers": {"Content-Type": "multipart/form-data"}}, 400, ""),
+    "multipart-garbage": ({"data": b"junk", "headers": {"Content-Type": "multipart/form-data; boundary=b"}}, 400, ""),
+    "multipart-empty-file": ({"files": {"file": ("a.jpg", b"")}}, 400, "empty body"),
+    "top-k-zero": ({"data": photo(GREEN), "params": {"top_k": "0"}}, 400, "top_k"),
+    "top-k-text": ({"data": photo(GREEN), "params": {"top_k": "many"}}, 400, "top_k"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_a_clear_4xx(staging: Served, case: str) -> None:
+    kwargs, status, message = BAD_INPUTS[case]
+    response = predict(staging.url, **kwargs)
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+
+
+def test_health_ready_and_models(staging: Served, deployed: Deployed) -> None:
+    assert requests.get(f"{staging.url}/health", timeout=5).status_code == 200
+    assert requests.get(f"{staging.url}/ready", timeout=5).json()["ready"] is True
+    models = requests.get(f"{staging.url}/models", timeout=5).json()
+    assert (models["env"], models["alias"], models["versions"]) == ("staging", "staging", deployed.model_versions)
+    assert models["dataset_version"] == "test" and models["loaded_at"]
+    assert models["classes"]["groups"] == ["birds", "flowers", "insects"]
+    assert models["classes"]["species"]["flowers"] == ["rose", "tulip"]
+
+
+def test_ready_only_once_the_alias_is_loaded(deployed: Deployed) -> None:
+    app = create_app("production", config=deployed.models.config())
+    with serving(app) as url:
+        assert requests.get(f"{url}/health", timeout=5).status_code == 200
+        ready = requests.get(f"{url}/ready", timeout=5)
+        assert ready.status_code == 503 and ready.json()["ready"] is False
+        assert predict(url, photo(GREEN)).status_code == 503
+        assert requests.get(f"{url}/models", timeout=5).status_code == 503
+        deployed.models.set_alias("production", deployed.versions)
+        wait_ready(url, timeout=20)
+        models = requests.get(f"{url}/models", timeout=5).json()
+        assert (models["env"], models["versions"]) == ("production", deployed.model_versions)
+        assert predict(url, photo(GREEN)).json()["species"] == "rose"
+
+
+def test_concurrent_requests_share_forward_passes(staging: Served) -> None:
+    n, data = 16, photo(GREEN)
+    before = requests.get(f"{staging.url}/stats", timeout=5).json()
+    barrier = threading.Barrier(n)
+
+    def one(_: int) -> int:
+        barrier.wait()
+        return predict(staging.url, data).status_code
+
+    with ThreadPoolExecutor(n) as pool:
+        assert list(pool.map(one, range(n))) == [200] * n
+    after = requests.get(f"{staging.url}/stats", timeout=5).json()
+    assert after["items"] - before["items"] == n
+    assert after["forward_passes"] - before["forward_passes"] < n
+    assert after["largest_batch"] > 1
+
+
+class Recorder:
+    """Items seen by a fake model's forward passes."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.batches: list[int] = []
+        self.fail = fail
+
+    def predict(self, batch: torch.Tensor) -> list[float]:
+        if self.fail:
+            raise RuntimeError("broken model")
+        self.batches.append(len(batch))
+        return batch.flatten(1).mean(dim=1).tolist()
+
+
+def test_batcher_keeps_each_item_on_the_model_it_was_submitted_with() -> None:
+    batcher, old, new, broken = MicroBatcher(max_batch=16, max_wait_s=5.0), Recorder(), Recorder(), Recorder(True)
+    batcher.start()
+    try:
+        with batcher.expecting():  # the worker waits for this announced item: everything lands in one batch
+            futures = [
+                batcher.submit(model, torch.full((1, 3, 2, 2), float(i)))
+                for i, model in enumerate([old, new, old, broken])
+            ]
+        assert [futures[i].result(5) for i in (0, 1, 2)] == [0.0, 1.0, 2.0]
+        with pytest.raises(RuntimeError, match="broken model"):
+            futures[3].result(5)
+        assert (old.batches, new.batches, batcher.stats.forward_passes) == ([2], [1], 2)
+    finally:
+        batcher.stop()
+
+
+def test_alias_move_reloads_under_traffic_without_errors(stack: Any) -> None:
+    models = TinyModels.create()
+    first = models.deploy_first_versions("staging")
+    answers: list[dict] = []
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        session, data = requests.Session(), photo(GREEN)
+        while not stop.is_set():
+            try:
+                response = session.post(f"{url}/predict", data=data, timeout=30)
+                (answers if response.status_code == 200 else errors).append(response.json())
+            except Exception as exc:  # a dropped connection is an error too
+                errors.append({"exception": repr(exc)})
+
+    with serving(create_app("staging", config=models.config())) as url:
+        wait_ready(url)
+        with ThreadPoolExecutor(4) as pool:
+            workers = [pool.submit(client) for _ in range(4)]
+            wait_until(lambda: len(answers) >= 20)
+            second = {"parent": models.register_parent(), "child-flowers": models.register_flowers(favourite=1)}
+            models.set_alias("staging", second)
+            new_versions = models.full_names({**first, **second})
+            wait_until(lambda: sum(a["model_versions"] == new_versions for a in answers) >= 20, timeout=30)
+            stop.set()
+            for worker in workers:
+                worker.result()
+        assert requests.get(f"{url}/models", timeout=5).json()["versions"] == new_versions
+    assert errors == []
+    assert answers[0]["model_versions"] == models.full_names(first)
+    flowers = models.prefix + "child-flowers"
+    for answer in answers:  # each answer comes from one bundle: the flowers child it names picked the species
+        assert answer["species"] == (
+            "tulip" if answer["model_versions"][flowers] == second["child-flowers"] else "rose"
+        )
+
+
+def test_cli_serves_an_environment(deployed: Deployed, tmp_path: Any) -> None:
+    assert CliRunner().invoke(serve, ["--env", "dev"]).exit_code == 2
+    port = free_port()
+    args = ["--env", "staging", "--port", str(port), "--model-prefix", deployed.models.prefix, "--poll-interval", "1"]
+    code = "from earthsnap_assets.serving.cli import serve; serve()"
+    with (tmp_path / "serve.log").open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-c", code, *args], stdout=log, stderr=subprocess.STDOUT)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            started = time.monotonic()
+            wait_ready(url, timeout=90)
+            body = predict(url, photo(GREEN)).json()
+            assert (body["species"], body["model_versions"]) == ("rose", deployed.model_versions), body
+            assert time.monotonic() - started < 90
+        finally:
+            process.terminate()
+            assert process.wait(20) == 0, (tmp_path / "serve.log").read_text()
