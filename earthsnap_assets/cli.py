@@ -87,7 +87,10 @@ def _execute(job: str, partition: str | None = None) -> bool:
     started = time.monotonic()
     with dg.DagsterInstance.get() as instance:
         result = defs.resolve_job_def(job).execute_in_process(
-            instance=instance, partition_key=partition, raise_on_error=False
+            instance=instance,
+            partition_key=partition,
+            raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
         )
     label = f"{job}[{partition}]" if partition else job
     for event in result.get_asset_materialization_events():
@@ -129,6 +132,72 @@ def train_all() -> None:
         failed.append("hierarchy_report")
     if failed:
         raise click.ClickException(f"failed: {', '.join(failed)}; see the runs in the Dagster UI")
+
+
+def _registry_and_store():
+    from earthsnap_assets.resources.mlflow_registry import MlflowRegistry
+    from earthsnap_assets.resources.object_store import ObjectStore
+
+    return MlflowRegistry(), ObjectStore()
+
+
+@main.command("approve")
+@click.argument("model")
+@click.argument("version")
+@click.option("--note", default="", help="why you approve (kept in the history)")
+def approve_command(model: str, version: str, note: str) -> None:
+    """Approve MODEL VERSION (tag approval=approved); the approval sensor deploys it."""
+    from earthsnap_assets.deployment.approval import ApprovalError, approve
+
+    try:
+        decision = approve(*_registry_and_store(), model, version, note)
+    except ApprovalError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{model} v{version} approved by {decision['approved_by']} at {decision['approved_at']}")
+
+
+@main.command("reject")
+@click.argument("model")
+@click.argument("version")
+@click.option("--reason", required=True, help="why the version must not be deployed")
+def reject_command(model: str, version: str, reason: str) -> None:
+    """Reject MODEL VERSION (tag approval=rejected); it is never deployed."""
+    from earthsnap_assets.deployment.approval import ApprovalError, reject
+
+    try:
+        decision = reject(*_registry_and_store(), model, version, reason)
+    except ApprovalError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{model} v{version} rejected by {decision['rejected_by']}: {reason}")
+
+
+@main.command("rollback")
+@click.argument("model")
+def rollback_command(model: str) -> None:
+    """Re-point MODEL's `production` alias to the version it served before."""
+    from earthsnap_assets.deployment.approval import ApprovalError, rollback
+
+    try:
+        before, after = rollback(*_registry_and_store(), model)
+    except ApprovalError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{model}: production moved from v{before} back to v{after}")
+
+
+@main.command("history")
+@click.argument("model")
+def history_command(model: str) -> None:
+    """Deployment history of MODEL: approvals, staging, stage tests, production, rollbacks."""
+    from earthsnap_assets.deployment.history import events, history_table
+
+    registry, store = _registry_and_store()
+    rows = history_table(events(store, store.lake_bucket, model))
+    current = {alias: registry.alias_version(model, alias) for alias in ("staging", "production")}
+    click.echo(f"{model}: staging -> v{current['staging'] or '-'}, production -> v{current['production'] or '-'}")
+    if not rows:
+        click.echo("  no deployment events yet")
+    for when, version, action, by, detail in rows:
+        click.echo(f"  {when}  v{version:<4} {action:<13} by {by:<12} {detail}")
 
 
 @main.command("demo")

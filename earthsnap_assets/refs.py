@@ -71,6 +71,7 @@ class ModelRef:
     parameter_count: int = 0
     train_seconds: float = 0.0
     params: dict = field(default_factory=dict)
+    dataset_uri: str = ""
 
     @property
     def single_species(self) -> bool:

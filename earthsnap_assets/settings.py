@@ -37,6 +37,8 @@ class Settings:
       EARTHSNAP_MLFLOW_BUCKET [earthsnap-mlflow]
       EARTHSNAP_MLFLOW_PORT [5000], MLFLOW_TRACKING_URI [http://127.0.0.1:<mlflow port>]
       EARTHSNAP_DAGSTER_PORT [3000]
+      EARTHSNAP_STAGING_PORT [8101], EARTHSNAP_PRODUCTION_PORT [8102] (serving); EARTHSNAP_STAGING_URL,
+      EARTHSNAP_PRODUCTION_URL [http://127.0.0.1:<port>]
       EARTHSNAP_WEED_MASTER_PORT [9333], EARTHSNAP_WEED_VOLUME_PORT [8380], EARTHSNAP_WEED_FILER_PORT [8888]
     """
 
@@ -55,6 +57,8 @@ class Settings:
     weed_master_port: int
     weed_volume_port: int
     weed_filer_port: int
+    staging_port: int = 8101
+    production_port: int = 8102
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -79,8 +83,17 @@ class Settings:
             weed_master_port=_int(env, "EARTHSNAP_WEED_MASTER_PORT", 9333),
             weed_volume_port=_int(env, "EARTHSNAP_WEED_VOLUME_PORT", 8380),
             weed_filer_port=_int(env, "EARTHSNAP_WEED_FILER_PORT", 8888),
+            staging_port=_int(env, "EARTHSNAP_STAGING_PORT", 8101),
+            production_port=_int(env, "EARTHSNAP_PRODUCTION_PORT", 8102),
             env=env,
         )
+
+    def endpoint_port(self, env: str) -> int:
+        return {"staging": self.staging_port, "production": self.production_port}[env]
+
+    def endpoint_url(self, env: str) -> str:
+        """Base URL of a serving environment: EARTHSNAP_<ENV>_URL or the local port."""
+        return self.env.get(f"EARTHSNAP_{env.upper()}_URL") or f"http://127.0.0.1:{self.endpoint_port(env)}"
 
     @property
     def buckets(self) -> tuple[str, str, str]:

@@ -1,5 +1,6 @@
 """Resource bindings: the one place that says which implementation each resource key gets."""
 
+from earthsnap_assets.resources.endpoints import Endpoints
 from earthsnap_assets.resources.lake_io_manager import LakeIOManager
 from earthsnap_assets.resources.mlflow_registry import MlflowRegistry
 from earthsnap_assets.resources.object_store import ObjectStore
@@ -8,4 +9,9 @@ from earthsnap_assets.resources.object_store import ObjectStore
 def bindings() -> dict[str, object]:
     """Resources for every asset; configuration comes from the environment when a run starts."""
     store = ObjectStore()
-    return {"store": store, "registry": MlflowRegistry(), "io_manager": LakeIOManager(store=store)}
+    return {
+        "store": store,
+        "registry": MlflowRegistry(),
+        "endpoints": Endpoints(),
+        "io_manager": LakeIOManager(store=store),
+    }

@@ -40,6 +40,7 @@ def register(
     gate = evaluate_gate(metrics["accuracy"], min_accuracy, production_accuracy(registry, name), tolerance)
     tags = {
         "dataset_version": model.dataset_version,
+        "dataset_uri": model.dataset_uri,
         "code_version": code_version(),
         "task": model.task,
         "group": model.group or "",

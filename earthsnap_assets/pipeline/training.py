@@ -85,7 +85,13 @@ def run_training(
 ) -> ModelRef:
     """Full training with tuned params, resumable from lake checkpoints; logs a pt2 model to MLflow."""
     classes = label_task(index, kind, group).classes
-    common = {"task": kind, "group": group, "classes": tuple(classes), "dataset_version": index.dataset_version}
+    common = {
+        "task": kind,
+        "group": group,
+        "classes": tuple(classes),
+        "dataset_version": index.dataset_version,
+        "dataset_uri": f"s3://{store.lake_bucket}/{index.prefix}dataset.json",
+    }
     if single_species(index, kind, group):
         return ModelRef(**common, image_size=index.image_size)
     config = dataclasses.replace(base, **{k: params[k] for k in TUNED_FIELDS if k in params})

@@ -119,6 +119,13 @@ class MlflowRegistry(dg.ConfigurableResource):
     def version_tags(self, name: str, version: str) -> dict[str, str]:
         return dict(self.client.get_model_version(name, version).tags)
 
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(name, alias, version)
+
+    def search_versions(self, filter_string: str) -> list:
+        """Model versions matching an MLflow filter, e.g. "tags.approval = 'approved'"."""
+        return list(self.client.search_model_versions(filter_string))
+
     def alias_version(self, name: str, alias: str) -> str | None:
         """The version an alias points to, or None when the model or alias does not exist."""
         from mlflow.exceptions import MlflowException

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
@@ -53,6 +53,8 @@ class Endpoint:
                 future = self.batcher.submit(bundle, pixels)
         except InputError as exc:
             return _error(exc.status, exc.message)
+        except ClientDisconnect:
+            return _error(400, "client disconnected before sending the whole body")
         prediction = await asyncio.wrap_future(future)
         answer = prediction.answer(top_k, config.confidence_threshold)
         answer["model_versions"] = dict(bundle.versions)

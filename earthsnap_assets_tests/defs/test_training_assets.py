@@ -13,7 +13,7 @@ from earthsnap_assets_tests.defs.conftest import fresh_lake
 pytestmark = pytest.mark.stack
 
 TINY = {
-    "backbone_choices": ["lcnet_035"],
+    "backbone_choices": ["test_convnext"],
     "epoch_choices": [1, 2],
     "trials": 2,
     "seconds": 60,

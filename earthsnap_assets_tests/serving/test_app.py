@@ -248,4 +248,5 @@ def test_cli_serves_an_environment(deployed: Deployed, tmp_path: Any) -> None:
             assert time.monotonic() - started < 90
         finally:
             process.terminate()
-            assert process.wait(20) == 0, (tmp_path / "serve.log").read_text()
+            process.wait(20)
+    assert "Application shutdown complete" in (tmp_path / "serve.log").read_text()  # a graceful stop
