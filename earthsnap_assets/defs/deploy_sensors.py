@@ -33,5 +33,5 @@ def approval_sensor(context: dg.SensorEvaluationContext, registry: MlflowRegistr
         yield dg.RunRequest(
             run_key=f"{model}@{version}",  # one deploy run per version, however often the sensor ticks
             run_config={"ops": {"check_approved": {"config": {"model": model, "version": version}}}},
-            tags={"earthsnap/model": model, "earthsnap/version": version},
+            tags={"earthsnap/model": model, "earthsnap/version": version, "earthsnap/deploy": "serial"},
         )

@@ -46,11 +46,11 @@ class Endpoint:
         config = self.config
         try:
             top_k = top_k_param(request.query_params.get("top_k"), config.default_top_k, config.max_top_k)
-            with self.batcher.expecting():
+            with self.batcher.expecting() as slot:
                 body = await read_body(request, config.max_bytes)
                 data = image_bytes(body, request.headers.get("content-type", ""))
                 pixels = await run_in_threadpool(prepare, data, bundle.image_size, config.rules)
-                future = self.batcher.submit(bundle, pixels)
+                future = slot.submit(bundle, pixels)
         except InputError as exc:
             return _error(exc.status, exc.message)
         except ClientDisconnect:

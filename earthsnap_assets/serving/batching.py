@@ -40,6 +40,21 @@ class BatchStats:
         return {"forward_passes": self.forward_passes, "items": self.items, "largest_batch": self.largest_batch}
 
 
+class Slot:
+    """One announced item's way into the queue (see `MicroBatcher.expecting`); usable once."""
+
+    def __init__(self, batcher: MicroBatcher) -> None:
+        self.batcher = batcher
+        self.used = False
+
+    def submit(self, model: BatchModel, item: torch.Tensor) -> Future:
+        if self.used:
+            raise RuntimeError("this slot already submitted its item")
+        future = self.batcher._enqueue(model, item, announced=True)
+        self.used = True
+        return future
+
+
 class MicroBatcher:
     """Queue of (model, 1 x C x H x W input, future); a worker thread runs them in batches."""
 
@@ -68,24 +83,34 @@ class MicroBatcher:
             self._thread = None
 
     @contextlib.contextmanager
-    def expecting(self) -> Iterator[None]:
-        """Announce an item being prepared, so a batch being formed waits (briefly) for it."""
+    def expecting(self) -> Iterator[Slot]:
+        """Announce an item being prepared, so a batch being formed waits (briefly) for it.
+
+        Submit it through the yielded slot: the announcement ends in the same step as the item is queued,
+        so the worker never waits for an item that is already in the queue.
+        """
+        slot = Slot(self)
         with self._condition:
             self._announced += 1
         try:
-            yield
+            yield slot
         finally:
-            with self._condition:
-                self._announced -= 1
-                self._condition.notify_all()
+            if not slot.used:
+                with self._condition:
+                    self._announced -= 1
+                    self._condition.notify_all()
 
     def submit(self, model: BatchModel, item: torch.Tensor) -> Future:
         """Queue one input (1 x C x H x W); the future gets `model.predict(...)`'s answer for it."""
+        return self._enqueue(model, item, announced=False)
+
+    def _enqueue(self, model: BatchModel, item: torch.Tensor, announced: bool) -> Future:
         future: Future = Future()
         with self._condition:
             if self._stopping or self._thread is None:
                 raise RuntimeError("the batcher is not running")
             self._queue.append((model, item, future))
+            self._announced -= 1 if announced else 0
             self._condition.notify_all()
         return future
 

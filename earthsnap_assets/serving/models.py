@@ -124,18 +124,22 @@ def resolve(client: Any, config: ServeConfig, alias: str) -> Resolved | None:
     def by_alias(name: str) -> Any:
         try:
             return client.get_model_version_by_alias(name, alias)
-        except MlflowException:
-            return None
+        except MlflowException as exc:  # a missing model or alias is an answer; a server problem is not
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
 
     parent = by_alias(config.parent_name)
     if parent is None:
         return None
-    if "group_species" not in parent.tags:
-        raise NotDeployable(f"{config.parent_name} v{parent.version} has no group_species tag")
-    group_species = json.loads(parent.tags["group_species"])
+    try:
+        group_species = json.loads(parent.tags["group_species"])
+        parent_groups = parent.tags["classes"].split(",")
+    except (KeyError, ValueError) as exc:
+        raise NotDeployable(f"{config.parent_name} v{parent.version} lacks a valid tag: {exc!r}") from exc
     versions, tags = {parent.name: str(parent.version)}, {parent.name: dict(parent.tags)}
     groups: dict[str, str | None] = {}
-    for group in parent.tags["classes"].split(","):
+    for group in parent_groups:
         if len(group_species.get(group, [])) == 1:
             groups[group] = None
             continue

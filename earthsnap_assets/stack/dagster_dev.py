@@ -31,6 +31,10 @@ concurrency:
     default_limit: 1
   runs:
     max_concurrent_runs: 4
+    # one deployment at a time: staging is shared, and stage tests must see only their own version
+    tag_concurrency_limits:
+      - key: earthsnap/deploy
+        limit: 1
 """
 
 

@@ -118,6 +118,13 @@ def photo(color: tuple[int, int, int], size: tuple[int, int] = (96, 80), fmt: st
     return buffer.getvalue()
 
 
+def noise_jpeg(size: int = 200) -> bytes:
+    """A JPEG of random pixels: big enough that a truncated copy keeps its header but cannot decode."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
 def png_header(width: int, height: int) -> bytes:
     """A PNG whose header claims `width` x `height` pixels (a decompression bomb must never be decoded)."""
     import struct
@@ -195,3 +202,17 @@ def expected_probabilities(data: bytes) -> dict[str, float]:
         "tulip": flower * flowers[1],
         **{species: insects / 3 for species in GROUP_SPECIES["insects"]},
     }
+
+
+class Recorder:
+    """Items seen by a fake model's forward passes."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.batches: list[int] = []
+        self.fail = fail
+
+    def predict(self, batch: torch.Tensor) -> list[float]:
+        if self.fail:
+            raise RuntimeError("broken model")
+        self.batches.append(len(batch))
+        return batch.flatten(1).mean(dim=1).tolist()

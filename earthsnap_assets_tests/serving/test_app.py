@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import subprocess
 import sys
 import threading
@@ -10,12 +9,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
 import pytest
 import requests
 import torch
 from click.testing import CliRunner
-from PIL import Image
 
 from earthsnap_assets.serving.app import create_app
 from earthsnap_assets.serving.batching import MicroBatcher
@@ -25,9 +22,11 @@ from earthsnap_assets_tests.serving.helpers import (
     BLUE,
     GREEN,
     RED,
+    Recorder,
     TinyModels,
     expected_probabilities,
     free_port,
+    noise_jpeg,
     photo,
     png_header,
     serving,
@@ -35,13 +34,14 @@ from earthsnap_assets_tests.serving.helpers import (
     wait_until,
 )
 
-pytestmark = pytest.mark.stack
+needs_stack = pytest.mark.stack  # every test but the batcher's runs against the real MLflow
 
 
 def predict(url: str, data: Any = None, **kwargs: Any) -> requests.Response:
     return requests.post(f"{url}/predict", data=data, timeout=30, **kwargs)
 
 
+@needs_stack
 def test_species_answer_is_parent_times_child(staging: Served, deployed: Deployed) -> None:
     data = photo(GREEN)
     response = predict(staging.url, data, headers={"Content-Type": "image/jpeg"}, params={"top_k": 6})
@@ -58,6 +58,7 @@ def test_species_answer_is_parent_times_child(staging: Served, deployed: Deploye
     assert len(predict(staging.url, data).json()["top_k"]) == 5  # the default top_k
 
 
+@needs_stack
 def test_multipart_upload_gives_the_raw_body_answer(staging: Served) -> None:
     data = photo(GREEN, fmt="PNG")
     raw = predict(staging.url, data).json()
@@ -67,6 +68,7 @@ def test_multipart_upload_gives_the_raw_body_answer(staging: Served) -> None:
     assert multipart.json() == raw
 
 
+@needs_stack
 def test_unsure_child_backs_off_to_the_group(staging: Served) -> None:
     data = photo(BLUE)
     body = predict(staging.url, data, params={"top_k": 3}).json()
@@ -78,6 +80,7 @@ def test_unsure_child_backs_off_to_the_group(staging: Served) -> None:
     assert all(entry["probability"] == pytest.approx(p_insects / 3, abs=1e-5) for entry in body["top_k"])
 
 
+@needs_stack
 def test_one_species_group_needs_no_child(staging: Served) -> None:
     data = photo(RED)
     body = predict(staging.url, data).json()
@@ -85,19 +88,12 @@ def test_one_species_group_needs_no_child(staging: Served) -> None:
     assert body["probability"] == pytest.approx(expected_probabilities(data)["robin"], abs=1e-5)
 
 
-def _noise_jpeg(size: int = 200) -> bytes:
-    buffer = io.BytesIO()
-    pixels = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(buffer, "JPEG")
-    return buffer.getvalue()
-
-
 BAD_INPUTS: dict[str, tuple[dict[str, Any], int, str]] = {
     "empty": ({"data": b""}, 400, "empty body"),
     "not-an-image": ({"data": b"hello, world " * 20}, 415, "not an image"),
     "gif": ({"data": photo(GREEN, fmt="GIF")}, 415, "GIF"),
     "too-small": ({"data": photo(GREEN, size=(40, 300))}, 422, "short side"),
-    "truncated": ({"data": _noise_jpeg()[:6000]}, 422, "does not decode"),
+    "truncated": ({"data": noise_jpeg()[:6000]}, 422, "does not decode"),
     "too-many-pixels": ({"data": png_header(8000, 6000)}, 413, "48000000 pixels"),
     "decompression-bomb": ({"data": png_header(60000, 60000)}, 413, "pixels"),
     "declared-too-large": ({"data": b"x" * 250_000}, 413, "limit of 200000 bytes"),
@@ -113,6 +109,7 @@ BAD_INPUTS: dict[str, tuple[dict[str, Any], int, str]] = {
 }
 
 
+@needs_stack
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_input_is_a_clear_4xx(staging: Served, case: str) -> None:
     kwargs, status, message = BAD_INPUTS[case]
@@ -121,6 +118,7 @@ def test_bad_input_is_a_clear_4xx(staging: Served, case: str) -> None:
     assert message in response.json()["error"]
 
 
+@needs_stack
 def test_health_ready_and_models(staging: Served, deployed: Deployed) -> None:
     assert requests.get(f"{staging.url}/health", timeout=5).status_code == 200
     assert requests.get(f"{staging.url}/ready", timeout=5).json()["ready"] is True
@@ -131,6 +129,7 @@ def test_health_ready_and_models(staging: Served, deployed: Deployed) -> None:
     assert models["classes"]["species"]["flowers"] == ["rose", "tulip"]
 
 
+@needs_stack
 def test_ready_only_once_the_alias_is_loaded(deployed: Deployed) -> None:
     app = create_app("production", config=deployed.models.config())
     with serving(app) as url:
@@ -146,6 +145,7 @@ def test_ready_only_once_the_alias_is_loaded(deployed: Deployed) -> None:
         assert predict(url, photo(GREEN)).json()["species"] == "rose"
 
 
+@needs_stack
 def test_concurrent_requests_share_forward_passes(staging: Served) -> None:
     n, data = 16, photo(GREEN)
     before = requests.get(f"{staging.url}/stats", timeout=5).json()
@@ -163,37 +163,26 @@ def test_concurrent_requests_share_forward_passes(staging: Served) -> None:
     assert after["largest_batch"] > 1
 
 
-class Recorder:
-    """Items seen by a fake model's forward passes."""
-
-    def __init__(self, fail: bool = False) -> None:
-        self.batches: list[int] = []
-        self.fail = fail
-
-    def predict(self, batch: torch.Tensor) -> list[float]:
-        if self.fail:
-            raise RuntimeError("broken model")
-        self.batches.append(len(batch))
-        return batch.flatten(1).mean(dim=1).tolist()
-
-
 def test_batcher_keeps_each_item_on_the_model_it_was_submitted_with() -> None:
     batcher, old, new, broken = MicroBatcher(max_batch=16, max_wait_s=5.0), Recorder(), Recorder(), Recorder(True)
     batcher.start()
     try:
-        with batcher.expecting():  # the worker waits for this announced item: everything lands in one batch
-            futures = [
-                batcher.submit(model, torch.full((1, 3, 2, 2), float(i)))
-                for i, model in enumerate([old, new, old, broken])
-            ]
+        with batcher.expecting() as slot:  # the worker waits for this announced item: all land in one batch
+            models = [old, new, old]
+            futures = [batcher.submit(model, torch.full((1, 3, 2, 2), float(i))) for i, model in enumerate(models)]
+            futures.append(slot.submit(broken, torch.zeros(1, 3, 2, 2)))
         assert [futures[i].result(5) for i in (0, 1, 2)] == [0.0, 1.0, 2.0]
         with pytest.raises(RuntimeError, match="broken model"):
             futures[3].result(5)
         assert (old.batches, new.batches, batcher.stats.forward_passes) == ([2], [1], 2)
+        started = time.monotonic()  # nothing announced: a lone item runs at once, it does not wait max_wait_s
+        assert batcher.submit(new, torch.ones(1, 3, 2, 2)).result(5) == 1.0
+        assert time.monotonic() - started < 1.0
     finally:
         batcher.stop()
 
 
+@needs_stack
 def test_alias_move_reloads_under_traffic_without_errors(stack: Any) -> None:
     models = TinyModels.create()
     first = models.deploy_first_versions("staging")
@@ -232,6 +221,7 @@ def test_alias_move_reloads_under_traffic_without_errors(stack: Any) -> None:
         )
 
 
+@needs_stack
 def test_cli_serves_an_environment(deployed: Deployed, tmp_path: Any) -> None:
     assert CliRunner().invoke(serve, ["--env", "dev"]).exit_code == 2
     port = free_port()
