@@ -28,9 +28,10 @@ import platform
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -67,6 +68,16 @@ def log(*parts: object) -> None:
 
 def rate(images: int, seconds: float) -> float:
     return round(images / seconds, 1) if seconds > 0 else float("nan")
+
+
+def median(values: Iterable[float]) -> float:
+    return round(float(np.median(list(values))), 1)
+
+
+def repeat(measure: Callable[[], dict], rounds: int) -> dict:
+    """`measure` `rounds` times: the median images/s, and every run."""
+    runs = [measure() for _ in range(rounds)]
+    return {"images_per_s": median(r["images_per_s"] for r in runs), "runs": runs}
 
 
 # ---------------------------------------------------------------------------------------------- dataset
@@ -251,6 +262,14 @@ def loader(train: LabeledArrays | ShardStream, config: TrainConfig, *, augment: 
     return {"images_per_s": rate(images, seconds), "s": round(seconds, 3), "images": images}
 
 
+def stream_loader(lake: Lake, index: DatasetIndex, config: TrainConfig, *, augment: bool) -> dict:
+    return loader(flat_stream(lake, index, config.seed), config, augment=augment)
+
+
+def stream_ours(lake: Lake, index: DatasetIndex, val: LabeledArrays, config: TrainConfig) -> dict:
+    return ours(flat_stream(lake, index, config.seed), val, config)
+
+
 def augment_warmup(train: LabeledArrays, config: TrainConfig) -> None:
     batch = torch.from_numpy(train.pixels[: config.batch_size])
     augment_batch(batch, torch.Generator().manual_seed(0))
@@ -282,11 +301,13 @@ def s3_bench(files: dict[str, bytes], taxonomy: Taxonomy, args: argparse.Namespa
         out: dict[str, Any] = {"endpoint": store.settings.s3_endpoint, "dataset": stats}
         out["load_split_train_s"] = round(load_s, 3)
         out["load_split_images_per_s"] = rate(len(train), load_s)
+        log(f"[s3]   built; load_split(train) {load_s:.3f} s")
         for workers in args.stream_workers:
             stream_config = replace(config, num_workers=workers)
-            stream = flat_stream(lake, index, config.seed)
-            out[f"loader_stream_w{workers}"] = loader(stream, stream_config, augment=True)
-            out[f"loader_stream_w{workers}_no_augment"] = loader(stream, stream_config, augment=False)
+            for augment, suffix in ((True, ""), (False, "_no_augment")):
+                measure = partial(stream_loader, lake, index, stream_config, augment=augment)
+                out[f"loader_stream_w{workers}{suffix}"] = repeat(measure, args.rounds)
+            log(f"[s3]   num_workers={workers}: loader {out[f'loader_stream_w{workers}']['images_per_s']} images/s")
         return out
     finally:
         for bucket in (raw, lake_bucket):
@@ -332,6 +353,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--stream-workers", default="0,1", help="ShardStream DataLoader workers to try, comma-separated; '' skips"
     )
+    parser.add_argument("--rounds", type=int, default=3, help="repeats of every measurement; medians (default 3)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
     parser.add_argument("--s3", action="store_true", help="also build and read back through ObjectStore()")
@@ -339,8 +361,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     width, _, height = args.photo_size.partition("x")
     args.photo_size = (int(width), int(height))
     args.stream_workers = [int(w) for w in args.stream_workers.split(",") if w.strip()]
-    if args.n < 60 or args.size < 16 or args.epochs < 1 or args.batch_size < 2 or min(args.photo_size) < 64:
-        parser.error("need --n >= 60, --size >= 16, --epochs >= 1, --batch-size >= 2 and photos >= 64 px")
+    if (
+        args.n < 60
+        or args.size < 16
+        or args.epochs < 1
+        or args.batch_size < 2
+        or args.rounds < 1
+        or min(args.photo_size) < 64
+    ):
+        parser.error(
+            "need --n >= 60, --size >= 16, --epochs >= 1, --batch-size >= 2, --rounds >= 1 and photos >= 64 px"
+        )
     return args
 
 
@@ -367,33 +398,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = batch_sizes(len(train), config.batch_size, config.epochs)
     inputs, labels = to_model_input(train.pixels), torch.from_numpy(train.labels)
 
-    # The model step alone, before and after our loop: their spread shows how much the load drifted.
-    log(f"bare timm loop: {len(sizes)} steps of {config.backbone}, batch {config.batch_size}")
-    bare_before = bare(inputs, labels, config, sizes)
-    log(f"  {bare_before['images_per_s']} images/s")
-    log(f"ours: train_classifier on {len(train)} train / {len(val)} val images, {config.epochs} epochs")
-    ours_arrays = ours(train, val, config)
-    log(f"  {ours_arrays['images_per_s']} images/s (train part of each epoch)")
-    bare_after = bare(inputs, labels, config, sizes)
-    log(f"  bare again: {bare_after['images_per_s']} images/s")
-    bare_rate = (bare_before["images_per_s"] + bare_after["images_per_s"]) / 2
+    # Rounds alternate the bare step and our loop, so a burst of other load hits both; medians over rounds.
+    log(
+        f"{args.rounds} rounds of: bare timm loop ({len(sizes)} steps of {config.backbone}, batch {config.batch_size}),"
+    )
+    log(f"  then train_classifier on {len(train)} train / {len(val)} val images for {config.epochs} epochs")
+    bare_runs, ours_runs = [], []
+    for round_ in range(args.rounds):
+        bare_runs.append(bare(inputs, labels, config, sizes))
+        ours_runs.append(ours(train, val, config))
+        log(f"  round {round_}: bare {bare_runs[-1]['images_per_s']}, ours {ours_runs[-1]['images_per_s']} images/s")
+    bare_rate = median(r["images_per_s"] for r in bare_runs)
+    ours_rate = median(r["images_per_s"] for r in ours_runs)
 
     augment_warmup(train, config)
-    log("loader alone: _epoch_batches + augment_batch")
-    loaders = {"arrays": loader(train, config, augment=True), "arrays_no_augment": loader(train, config, augment=False)}
+    log("loader alone: _epoch_batches (+ augment_batch), then ours over ShardStream + make_loader")
+    loaders = {
+        "arrays": repeat(partial(loader, train, config, augment=True), args.rounds),
+        "arrays_no_augment": repeat(partial(loader, train, config, augment=False), args.rounds),
+    }
     streams: dict[str, dict] = {}
     for workers in args.stream_workers:
         stream_config = replace(config, num_workers=workers)
-        loaders[f"stream_w{workers}"] = loader(flat_stream(lake, index, args.seed), stream_config, augment=True)
-        loaders[f"stream_w{workers}_no_augment"] = loader(
-            flat_stream(lake, index, args.seed), stream_config, augment=False
-        )
-        log(f"ours over ShardStream + make_loader, num_workers={workers}")
-        streams[f"w{workers}"] = ours(flat_stream(lake, index, args.seed), val, stream_config)
-        log(f"  {streams[f'w{workers}']['images_per_s']} images/s")
-    log(f"  loaders: { {k: v['images_per_s'] for k, v in loaders.items()} }")
+        for augment, suffix in ((True, ""), (False, "_no_augment")):
+            measure = partial(stream_loader, lake, index, stream_config, augment=augment)
+            loaders[f"stream_w{workers}{suffix}"] = repeat(measure, args.rounds)
+        streams[f"w{workers}"] = repeat(partial(stream_ours, lake, index, val, stream_config), args.rounds)
+        log(f"  num_workers={workers}: ours {streams[f'w{workers}']['images_per_s']} images/s")
+    log(f"  loaders alone: { {k: v['images_per_s'] for k, v in loaders.items()} }")
 
-    ratio = ours_arrays["images_per_s"] / bare_rate
+    ratio = ours_rate / bare_rate
     loader_over_step = loaders["arrays"]["images_per_s"] / bare_rate
     report: dict[str, Any] = {
         "benchmark": "train",
@@ -412,11 +446,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "val_images": len(val),
             "steps": len(sizes),
             "bare_warmup_steps": BARE_WARMUP_STEPS,
+            "rounds": args.rounds,
             "store": "MemoryBlobs",
         },
         "machine": facts,
         "dataset": dataset | {"generate_s": round(generate_s, 2)},
-        "ours_images_per_s": ours_arrays["images_per_s"],
+        "ours_images_per_s": ours_rate,
         "bare_images_per_s": round(bare_rate, 1),
         "ratio": round(ratio, 3),
         "target_ratio": TARGET_RATIO,
@@ -429,10 +464,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ours_stream_images_per_s": {k: v["images_per_s"] for k, v in streams.items()},
         "loader_stream_images_per_s": {k: v["images_per_s"] for k, v in loaders.items() if k.startswith("stream")},
         "detail": {
-            "ours_arrays": ours_arrays,
+            "ours_arrays": ours_runs,
+            "bare": bare_runs,
             "ours_stream": streams,
-            "bare_before": bare_before,
-            "bare_after": bare_after,
             "loaders": loaders,
         },
         "s3": None,

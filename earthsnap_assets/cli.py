@@ -20,10 +20,12 @@ def main() -> None:
     """EarthSnap: photos in S3 -> validated, versioned datasets -> hierarchical species classifiers."""
 
 
-def _mount_stack() -> None:
+def _mount_subcommands() -> None:
+    from earthsnap_assets.serving.cli import serve
     from earthsnap_assets.stack.cli import stack
 
     main.add_command(stack)
+    main.add_command(serve)
 
 
 @main.command("demo-data")
@@ -226,4 +228,4 @@ def demo(ctx: click.Context, images_per_species: int) -> None:
     click.echo("  stop it with: .venv/bin/earthsnap stack down")
 
 
-_mount_stack()
+_mount_subcommands()

@@ -8,13 +8,14 @@ from earthsnap_assets.resources.mlflow_registry import MlflowRegistry
 MODEL_PREFIX = "earthsnap-"
 
 
-def deployable(registry: MlflowRegistry) -> list[tuple[str, str]]:
-    """(model, version) approved by a person, passed the gate, and not yet handled by a deploy run."""
+def deployable(registry: MlflowRegistry) -> list[tuple[str, str, str]]:
+    """(model, version, approved_at) approved by a person, passed the gate, not in production yet."""
     found = []
     for version in registry.search_versions("tags.approval = 'approved'"):
         tags = version.tags or {}
-        if version.name.startswith(MODEL_PREFIX) and tags.get("gate") == "passed" and "deploy_status" not in tags:
-            found.append((version.name, str(version.version)))
+        waiting = tags.get("deploy_status") != "production"  # a failed deploy is retried by approving again
+        if version.name.startswith(MODEL_PREFIX) and tags.get("gate") == "passed" and waiting:
+            found.append((version.name, str(version.version), tags.get("approved_at", "")))
     return sorted(found)
 
 
@@ -28,10 +29,10 @@ def approval_sensor(context: dg.SensorEvaluationContext, registry: MlflowRegistr
     candidates = deployable(registry)
     if not candidates:
         return dg.SkipReason("no approved, gate-passed version waiting for deployment")
-    for model, version in candidates:
+    for model, version, approved_at in candidates:
         context.log.info(f"deploying {model} v{version}")
         yield dg.RunRequest(
-            run_key=f"{model}@{version}",  # one deploy run per version, however often the sensor ticks
+            run_key=f"{model}@{version}@{approved_at}",  # one run per approval, however often the sensor ticks
             run_config={"ops": {"check_approved": {"config": {"model": model, "version": version}}}},
             tags={"earthsnap/model": model, "earthsnap/version": version, "earthsnap/deploy": "serial"},
         )

@@ -15,7 +15,9 @@ DEFAULTS = ServeConfig()
 @click.command("serve")
 @click.option("--env", "env", type=click.Choice(ENVIRONMENTS), required=True, help="alias to serve")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--port", default=None, type=click.IntRange(0, 65535), help="default: EARTHSNAP_STAGING_PORT / _PRODUCTION_PORT"
+)
 @click.option("--model-prefix", default=DEFAULTS.model_prefix, show_default=True, help="registered model names")
 @click.option("--poll-interval", default=DEFAULTS.poll_interval_s, show_default=True, help="seconds between checks")
 @click.option("--confidence-threshold", default=DEFAULTS.confidence_threshold, show_default=True, type=float)
@@ -27,7 +29,7 @@ DEFAULTS = ServeConfig()
 def serve(
     env: str,
     host: str,
-    port: int,
+    port: int | None,
     model_prefix: str,
     poll_interval: float,
     confidence_threshold: float,
@@ -56,4 +58,8 @@ def serve(
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     app = create_app(env, config=config)
+    if port is None:
+        from earthsnap_assets.settings import Settings
+
+        port = Settings.from_env().endpoint_port(env)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log, workers=1)

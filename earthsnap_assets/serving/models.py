@@ -40,6 +40,7 @@ class Prediction:
     species_probs: np.ndarray
     hierarchy: Hierarchy
     species_groups: tuple[str, ...]  # group of each flat species
+    undeployed: frozenset[str] = frozenset()  # groups whose child has no version at this alias yet
 
     def answer(self, top_k: int, threshold: float) -> dict[str, Any]:
         """The JSON answer: best species, or its group alone when the child is unsure (below threshold)."""
@@ -54,7 +55,14 @@ class Prediction:
         body: dict[str, Any] = {"species": species[best], "group": group, "probability": ranked[0]["probability"]}
         body.update(level="species", note=None)
         confidence = float(self.conditional[best])
-        if confidence < threshold:
+        if group in self.undeployed:
+            body.update(
+                species=None,
+                level="group",
+                probability=float(self.group_probs[self.hierarchy.groups.index(group)]),
+                note=f"no species model for {group} is deployed at this alias yet: answering at group level",
+            )
+        elif confidence < threshold:
             body.update(
                 species=None,
                 level="group",
@@ -78,16 +86,23 @@ class LoadedModels:
     loaded_at: str
     parent: torch.nn.Module
     children: Mapping[str, torch.nn.Module]  # group -> child; one-species groups have none
+    undeployed: frozenset[str] = frozenset()  # multi-species groups without a child at this alias
 
     def predict(self, batch: torch.Tensor) -> list[Prediction]:
         """N x 3 x S x S inputs -> N predictions, in one forward pass of the parent and of each child."""
         with torch.inference_mode():
             parent = torch.softmax(self.parent(batch), dim=1).numpy()
             child = {g: torch.softmax(m(batch), dim=1).numpy() for g, m in self.children.items()}
+        for group in self.undeployed:  # no child yet: spread P(group) evenly over its species
+            width = len(self.hierarchy.species[group])
+            child[group] = np.full((len(batch), width), 1.0 / width)
         conditional = combine(np.ones_like(parent), child, self.hierarchy)
         joint = combine(parent, child, self.hierarchy)
         groups = self.species_groups
-        return [Prediction(parent[i], conditional[i], joint[i], self.hierarchy, groups) for i in range(len(batch))]
+        return [
+            Prediction(parent[i], conditional[i], joint[i], self.hierarchy, groups, self.undeployed)
+            for i in range(len(batch))
+        ]
 
     @cached_property
     def species_groups(self) -> tuple[str, ...]:
@@ -105,6 +120,7 @@ class LoadedModels:
             "classes": {"groups": list(self.hierarchy.groups), "species": dict(self.hierarchy.species)},
             "image_size": self.image_size,
             "loaded_at": self.loaded_at,
+            "groups_without_species_model": sorted(self.undeployed),
         }
 
 
@@ -115,6 +131,7 @@ class Resolved:
     versions: Mapping[str, str]
     tags: Mapping[str, Mapping[str, str]]  # registered name -> version tags
     groups: Mapping[str, str | None]  # group -> child registered name, None for a one-species group
+    undeployed: frozenset[str] = frozenset()  # groups whose child has no version at the alias yet
 
 
 def resolve(client: Any, config: ServeConfig, alias: str) -> Resolved | None:
@@ -139,16 +156,19 @@ def resolve(client: Any, config: ServeConfig, alias: str) -> Resolved | None:
         raise NotDeployable(f"{config.parent_name} v{parent.version} lacks a valid tag: {exc!r}") from exc
     versions, tags = {parent.name: str(parent.version)}, {parent.name: dict(parent.tags)}
     groups: dict[str, str | None] = {}
+    undeployed: set[str] = set()
     for group in parent_groups:
         if len(group_species.get(group, [])) == 1:
             groups[group] = None
             continue
         child = by_alias(config.child_name(group))
-        if child is None:
-            raise NotDeployable(f"group {group!r} has no {config.child_name(group)}@{alias}")
+        if child is None:  # serve the group level until its child is deployed
+            groups[group] = None
+            undeployed.add(group)
+            continue
         versions[child.name], tags[child.name] = str(child.version), dict(child.tags)
         groups[group] = child.name
-    return Resolved(MappingProxyType(versions), MappingProxyType(tags), MappingProxyType(groups))
+    return Resolved(MappingProxyType(versions), MappingProxyType(tags), MappingProxyType(groups), frozenset(undeployed))
 
 
 def _hierarchy(resolved: Resolved, parent_tags: Mapping[str, str]) -> Hierarchy:
@@ -193,4 +213,5 @@ def load(registry: MlflowRegistry, resolved: Resolved, env: str, alias: str) -> 
         loaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
         parent=models[parent_name],
         children=MappingProxyType({g: models[child] for g, child in resolved.groups.items() if child}),
+        undeployed=resolved.undeployed,
     )

@@ -15,6 +15,7 @@ from typing import Protocol
 from earthsnap_assets.settings import Settings
 from earthsnap_assets.stack import dagster_dev, mlflow_server, seaweed
 from earthsnap_assets.stack.process import ManagedProcess, Port, StackError, check_ports_free
+from earthsnap_assets.stack.serving import PRODUCTION, STAGING
 
 __all__ = ["ServiceStatus", "StackError", "stack_down", "stack_status", "stack_up"]
 
@@ -35,7 +36,7 @@ class _Service(Protocol):
 
 
 # Start order: MLflow needs S3 for artifacts; Dagster's code may talk to both.
-_SERVICES: tuple[_Service, ...] = (seaweed, mlflow_server, dagster_dev)
+_SERVICES: tuple[_Service, ...] = (seaweed, mlflow_server, dagster_dev, STAGING, PRODUCTION)
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,9 @@ class ServiceStatus:
     expected: bool  # `up` started it and `down` has not stopped it (its PID file exists)
 
 
-def _selected(dagster: bool) -> tuple[_Service, ...]:
-    return _SERVICES if dagster else tuple(s for s in _SERVICES if s is not dagster_dev)
+def _selected(dagster: bool, serving: bool = False) -> tuple[_Service, ...]:
+    skipped = ([] if dagster else [dagster_dev]) + ([] if serving else [STAGING, PRODUCTION])
+    return tuple(s for s in _SERVICES if all(s is not x for x in skipped))
 
 
 def _check_distinct(services: tuple[_Service, ...], settings: Settings) -> None:
@@ -96,9 +98,9 @@ def _status(service: _Service, settings: Settings) -> ServiceStatus:
     )
 
 
-def stack_up(settings: Settings, *, dagster: bool = True) -> list[ServiceStatus]:
-    """Start what is not running (SeaweedFS, MLflow, then Dagster) and return once all are healthy."""
-    services = _selected(dagster)
+def stack_up(settings: Settings, *, dagster: bool = True, serving: bool = False) -> list[ServiceStatus]:
+    """Start what is not running (SeaweedFS, MLflow, Dagster, endpoints) and return once all are healthy."""
+    services = _selected(dagster, serving)
     _check_distinct(services, settings)
     for service in services:  # all ports first: a conflict should not leave half a stack running
         proc = ManagedProcess(service.NAME, settings.home)

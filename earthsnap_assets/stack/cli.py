@@ -18,9 +18,12 @@ def _state(status: ServiceStatus) -> str:
     return "exited" if status.expected else "stopped"
 
 
+OPTIONAL = {dagster_dev.NAME, "serve-staging", "serve-production"}
+
+
 def _failing(status: ServiceStatus) -> bool:
-    """Dagster is optional (`up --no-dagster`); SeaweedFS and MLflow are the stack."""
-    return not status.healthy and (status.expected or status.name != dagster_dev.NAME)
+    """Dagster and the endpoints are optional; SeaweedFS and MLflow are the stack."""
+    return not status.healthy and (status.expected or status.name not in OPTIONAL)
 
 
 def _table(statuses: list[ServiceStatus]) -> str:
@@ -39,12 +42,13 @@ def stack() -> None:
 
 @stack.command()
 @click.option("--no-dagster", is_flag=True, help="Start only SeaweedFS and MLflow.")
-def up(no_dagster: bool) -> None:
+@click.option("--serving", is_flag=True, help="Also start the staging and production endpoints.")
+def up(no_dagster: bool, serving: bool) -> None:
     """Start what is not running and wait until every service is healthy."""
     settings = Settings.from_env()
     began = time.monotonic()
     try:
-        statuses = stack_up(settings, dagster=not no_dagster)
+        statuses = stack_up(settings, dagster=not no_dagster, serving=serving)
     except StackError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(_table(statuses))
