@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/earthsnap demo
+	$(BIN)/earthsnap demo --auto-approve
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -202,30 +203,96 @@ def history_command(model: str) -> None:
         click.echo(f"  {when}  v{version:<4} {action:<13} by {by:<12} {detail}")
 
 
+def _demo_approve_and_deploy(timeout: float = 900.0) -> dict[str, str]:
+    """DEMO ONLY: approve every gate-passed version, parent first, and wait for the sensor's deployments."""
+    from earthsnap_assets.deployment.approval import approve
+
+    registry, store = _registry_and_store()
+    latest: dict[str, str] = {}
+    for version in registry.search_versions("name LIKE 'earthsnap-%'"):
+        if int(version.version) > int(latest.get(version.name, "0")):
+            latest[version.name] = str(version.version)
+    ordered = sorted(latest.items(), key=lambda kv: (kv[0] != "earthsnap-parent", kv[0]))
+    waiting: dict[str, str] = {}
+    for name, version in ordered:
+        tags = registry.version_tags(name, version)
+        if tags.get("gate") != "passed":
+            click.echo(f"  {name} v{version}: gate {tags.get('gate')} ({tags.get('gate_reason')}): not approvable")
+            continue
+        approve(registry, store, name, version, note="earthsnap demo --auto-approve")
+        click.echo(f"  approved {name} v{version}; the approval sensor will deploy it")
+        waiting[name] = version
+        if name == "earthsnap-parent":  # children can only be staged next to a parent
+            _wait_production(registry, {name: version}, timeout)
+    return _wait_production(registry, waiting, timeout)
+
+
+def _wait_production(registry, wanted: dict[str, str], timeout: float) -> dict[str, str]:
+    started = time.monotonic()
+    done: dict[str, str] = {}
+    while time.monotonic() - started < timeout:
+        for name, version in wanted.items():
+            if name not in done and registry.alias_version(name, "production") == version:
+                done[name] = version
+                click.echo(f"  {name} v{version} is in production ({time.monotonic() - started:.0f} s)")
+            elif name not in done and registry.version_tags(name, version).get("deploy_status") == "deploy_failed":
+                done[name] = ""
+                click.echo(f"  {name} v{version} failed its stage tests; production unchanged")
+        if len(done) == len(wanted):
+            break
+        time.sleep(3)
+    return {k: v for k, v in done.items() if v}
+
+
+def _predict_sample(settings: Settings) -> None:
+    from earthsnap_assets.deployment.stage_tests import post
+
+    sample = next(p for p in sorted((settings.home / "demo-data").glob("*/img_0001.*")))
+    status, answer = post(f"{settings.endpoint_url('production')}/predict?top_k=3", sample.read_bytes())
+    click.echo(f"  POST {sample.parent.name}/{sample.name} -> {status}")
+    click.echo("  " + json.dumps(answer, indent=2).replace("\n", "\n  "))
+
+
 @main.command("demo")
-@click.option("--images-per-species", default=30, show_default=True)
+@click.option("--images-per-species", default=60, show_default=True)
+@click.option(
+    "--auto-approve",
+    is_flag=True,
+    help="DEMO ONLY: approve gate-passed versions automatically. In production a person approves in MLflow.",
+)
 @click.pass_context
-def demo(ctx: click.Context, images_per_species: int) -> None:
-    """The whole story on a fresh machine: stack up, demo data, the data pipeline, then where to look."""
+def demo(ctx: click.Context, images_per_species: int, auto_approve: bool) -> None:
+    """The whole story on a fresh machine: stack, data, training, approval, staging, production, a prediction."""
     from earthsnap_assets.stack import stack_up
 
     settings = _settings()
     _dagster_home(settings)
     started = time.monotonic()
-    click.echo("== starting the local stack (SeaweedFS S3, MLflow, Dagster)")
-    for status in stack_up(settings, dagster=True):
-        click.echo(f"  {status.name:8s} {status.url}")
+    click.echo("== starting the local stack (SeaweedFS S3, MLflow, Dagster, staging + production endpoints)")
+    for status in stack_up(settings, dagster=True, serving=True):
+        click.echo(f"  {status.name:17s} {status.url}")
     click.echo("== generating and ingesting demo data")
     ctx.invoke(demo_data, images_per_species=images_per_species)
     click.echo("== running the data pipeline (QA, versioned manifest, shards and splits)")
     ctx.invoke(run_job, job="data_pipeline")
     click.echo("== tuning, training, evaluating and registering parent and child models")
     ctx.invoke(train_all)
+    if auto_approve:
+        click.echo("== approval: DEMO MODE approves automatically; in production a person sets approval=approved")
+        click.echo("   in the MLflow UI or runs `earthsnap approve MODEL VERSION`")
+        deployed = _demo_approve_and_deploy()
+        if "earthsnap-parent" in deployed:
+            click.echo("== a prediction from the production endpoint")
+            _predict_sample(settings)
+    else:
+        click.echo("== waiting for a person: approve versions with `earthsnap approve MODEL VERSION`")
     click.echo(f"== done in {time.monotonic() - started:.0f} s")
-    click.echo(f"  Dagster UI : http://127.0.0.1:{settings.dagster_port}/asset-groups")
-    click.echo(f"  MLflow UI  : {settings.mlflow_tracking_uri}")
-    click.echo(f"  S3 (lake)  : {settings.s3_endpoint}/{settings.lake_bucket}")
-    click.echo("  stop it with: .venv/bin/earthsnap stack down")
+    click.echo(f"  Dagster UI          : http://127.0.0.1:{settings.dagster_port}/asset-groups")
+    click.echo(f"  MLflow UI           : {settings.mlflow_tracking_uri}/#/models")
+    click.echo(f"  staging endpoint    : {settings.endpoint_url('staging')}/models")
+    click.echo(f"  production endpoint : {settings.endpoint_url('production')}/models")
+    click.echo(f"  S3 (lake)           : {settings.s3_endpoint}/{settings.lake_bucket}")
+    click.echo("  stop everything with: .venv/bin/earthsnap stack down")
 
 
 _mount_subcommands()

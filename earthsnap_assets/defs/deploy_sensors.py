@@ -16,7 +16,7 @@ def deployable(registry: MlflowRegistry) -> list[tuple[str, str, str]]:
         waiting = tags.get("deploy_status") != "production"  # a failed deploy is retried by approving again
         if version.name.startswith(MODEL_PREFIX) and tags.get("gate") == "passed" and waiting:
             found.append((version.name, str(version.version), tags.get("approved_at", "")))
-    return sorted(found)
+    return sorted(found, key=lambda item: (item[0] != "earthsnap-parent", item))  # the parent goes first
 
 
 @dg.sensor(

@@ -41,6 +41,8 @@ def deploy_to_staging(
     context: dg.OpExecutionContext, target: dict, registry: MlflowRegistry, store: ObjectStore, endpoints: Endpoints
 ) -> dict:
     """Point `staging` at the version and wait until the staging endpoint answers with it."""
+    if target["model"] != "earthsnap-parent" and registry.alias_version("earthsnap-parent", "staging") is None:
+        raise dg.Failure("no earthsnap-parent version is in staging yet: approve and deploy the parent first")
     registry.set_alias(target["model"], "staging", target["version"])
     _mark(registry, store, target, "staging")
     seconds = endpoints.wait_serving("staging", target["model"], target["version"], target["wait_seconds"])

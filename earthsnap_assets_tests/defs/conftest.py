@@ -63,3 +63,12 @@ def fresh_lake() -> Iterator[Buckets]:
 def lake(stack) -> Iterator[Buckets]:
     with fresh_lake() as buckets:
         yield buckets
+
+
+@pytest.fixture(scope="session")
+def trained(stack, small_dataset, tmp_path_factory):
+    """Buckets with a dataset whose parent, children and flat baseline are trained and registered once."""
+    from earthsnap_assets_tests.defs.training_setup import train_everything
+
+    with fresh_lake() as lake:
+        yield train_everything(lake, small_dataset, tmp_path_factory.mktemp("training") / "data")
