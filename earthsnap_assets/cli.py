@@ -123,6 +123,25 @@ def run_job(job: str, partition: str | None) -> None:
         raise click.ClickException(f"job {job} failed; see the run in the Dagster UI")
 
 
+@main.command("trigger")
+@click.argument("job")
+@click.option("--partition", default=None, help="species group, for partitioned jobs (child_training)")
+@click.option("--url", default=None, help="Dagster webserver (default: the local stack's)")
+@click.option("--wait/--no-wait", "should_wait", default=True, show_default=True)
+def trigger_command(job: str, partition: str | None, url: str | None, should_wait: bool) -> None:
+    """Launch JOB through Dagster's GraphQL API, as another system would (runs on the Dagster daemon)."""
+    from earthsnap_assets.api import trigger, wait
+
+    url = url or f"http://127.0.0.1:{_settings().dagster_port}"
+    run_id = trigger(url, job, partition=partition)
+    click.echo(f"submitted {job}{f'[{partition}]' if partition else ''}: run {run_id} ({url}/runs/{run_id})")
+    if should_wait:
+        state = wait(url, run_id)
+        click.echo(f"run {run_id} finished: {state}")
+        if state != "SUCCESS":
+            raise click.ClickException(f"run {run_id} ended {state}")
+
+
 @main.command("train")
 def train_all() -> None:
     """Parent, every species group's child (one run per partition, like a backfill), then the comparison."""

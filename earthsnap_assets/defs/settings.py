@@ -32,7 +32,7 @@ class TuningConfig(TrainingConfig):
     seconds: float = Field(300.0, description="and at most this long")
     subset_per_class: int = Field(40, description="tuning trains on this many images per class")
     backbone_choices: list[str] = Field(list(BACKBONES[:2]), description="timm backbones to choose from")
-    epoch_choices: list[int] = Field([4, 8], description="epoch counts to choose from")
+    epoch_choices: list[int] = Field([6, 12], description="epoch counts to choose from")
     lr_min: float = 3e-4
     lr_max: float = 1e-2
     seed: int = 0

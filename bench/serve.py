@@ -1,0 +1,512 @@
+"""Serving benchmark: the HTTP endpoint vs. calling the same models in-process, at concurrency 1 and 8.
+
+Prints ONE JSON object to stdout; progress goes to stderr. Run from the repository root:
+
+    .venv/bin/python bench/serve.py [--n 200] [--concurrency 8] [--warmup 10]
+
+One run starts its own stack (SeaweedFS + MLflow) in a temporary EARTHSNAP_HOME on free ports, registers a
+realistic hierarchy under a unique prefix (a parent over 4 groups and 4 children of 3 species, all
+`create_classifier(DEFAULT_BACKBONE, k)` logged as pt2 exactly as training does), points `production` at
+them, and stops the stack at the end whatever happens. Then, over N generated 800x600 JPEGs:
+  in-process   `preprocess_bytes` + `LoadedModels.predict` on a batch of one (`resolve` + `load` of the
+               same versions), from 1 thread and from C threads
+  http         `POST /predict` to `create_app("production")` under a real uvicorn, from 1 keep-alive
+               session and from C threads with a session each; `/stats` gives the forward passes
+Targets: HTTP p50 at most 20% above the in-process p50 at concurrency 1, and more HTTP throughput at C
+than at 1 (micro-batching).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import random
+import socket
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import requests
+import torch
+
+from earthsnap_assets.ml.models import DEFAULT_BACKBONE, create_classifier
+from earthsnap_assets.ml.transforms import preprocess_bytes
+from earthsnap_assets.resources.mlflow_registry import MlflowRegistry
+from earthsnap_assets.serving.app import create_app
+from earthsnap_assets.serving.config import ServeConfig
+from earthsnap_assets.serving.models import LoadedModels, load, resolve
+from earthsnap_assets.settings import Settings
+from earthsnap_assets.stack import seaweed, stack_down, stack_up
+from earthsnap_assets.stack.process import port_in_use
+
+ENV = ALIAS = "production"
+PHOTO_SIZE = (800, 600)  # width x height, as PIL counts
+TARGET_OVERHEAD = 0.20
+TARGET_BATCHING_GAIN = 1.0
+
+
+def log(*parts: object) -> None:
+    print(*parts, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- stack
+
+
+def _pick_ports(with_grpc: int, single: int, rng: random.Random) -> tuple[list[int], list[int]]:
+    """Free ports: `with_grpc` of them with port+GRPC_OFFSET free as well (SeaweedFS), `single` plain ones.
+
+    A copy of the test suite's picker (earthsnap_assets_tests/conftest.py): the bench does not import tests.
+    """
+    taken: set[int] = set()
+
+    def pick(grpc: bool) -> int:
+        for _ in range(1000):
+            port = rng.randrange(20_000, 65_535 - seaweed.GRPC_OFFSET)
+            wanted = {port, port + seaweed.GRPC_OFFSET} if grpc else {port}
+            if not wanted & taken and not any(port_in_use(p) for p in wanted):
+                taken.update(wanted)
+                return port
+        raise RuntimeError("no free ports found for the bench stack")
+
+    return [pick(True) for _ in range(with_grpc)], [pick(False) for _ in range(single)]
+
+
+def stack_env(home: Path) -> dict[str, str]:
+    """EARTHSNAP_* variables for a stack in `home` on fresh free ports (never the defaults)."""
+    (s3, master, volume, filer), (mlflow, dagster) = _pick_ports(4, 2, random.Random())
+    return {
+        "EARTHSNAP_HOME": str(home),
+        "EARTHSNAP_S3_PORT": str(s3),
+        "EARTHSNAP_S3_ENDPOINT": f"http://127.0.0.1:{s3}",
+        "EARTHSNAP_WEED_MASTER_PORT": str(master),
+        "EARTHSNAP_WEED_VOLUME_PORT": str(volume),
+        "EARTHSNAP_WEED_FILER_PORT": str(filer),
+        "EARTHSNAP_MLFLOW_PORT": str(mlflow),
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow}",
+        "EARTHSNAP_DAGSTER_PORT": str(dagster),
+    }
+
+
+@contextlib.contextmanager
+def bench_stack() -> Iterator[Settings]:
+    """SeaweedFS + MLflow in a temporary home, exported to this process's environment; always stopped."""
+    with tempfile.TemporaryDirectory(prefix="earthsnap-bench-serve-") as folder:
+        env = stack_env(Path(folder) / "home")
+        saved = {name: os.environ.get(name) for name in env}
+        os.environ.update(env)
+        settings = Settings.from_env()
+        try:
+            stack_up(settings, dagster=False)
+            yield settings
+        finally:
+            log("stopping the bench stack")
+            stack_down(settings)
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+def hierarchy(groups: int, species_per_group: int) -> dict[str, list[str]]:
+    """group -> species of the synthetic taxonomy (the real drawing families and species names)."""
+    from earthsnap_assets.ml.synthetic import SyntheticSpec, species_table
+
+    table: dict[str, list[str]] = {}
+    for slug, group, _ in species_table(SyntheticSpec(groups=groups, species_per_group=species_per_group)):
+        table.setdefault(group, []).append(slug)
+    return table
+
+
+def classifier(backbone: str, classes: int, seed: int) -> torch.nn.Module:
+    """`create_classifier`, with a small random head: its zero-initialised head would make every answer uniform."""
+    torch.manual_seed(seed)
+    model = create_classifier(backbone, classes)
+    head = model.get_classifier()
+    with torch.no_grad():
+        torch.nn.init.normal_(head.weight, std=0.5)
+    return model.eval()
+
+
+def register_hierarchy(
+    registry: MlflowRegistry, prefix: str, species: dict[str, list[str]], backbone: str, image_size: int
+) -> dict[str, str]:
+    """Parent + one child per group, logged as pt2 and registered with the tags serving reads; alias on all."""
+    example = np.zeros((2, 3, image_size, image_size), np.float32)
+    common = {"image_size": str(image_size), "dataset_version": "bench-serve"}
+
+    def register(name: str, model: torch.nn.Module, classes: list[str], **tags: str) -> str:
+        with registry.run(name) as run_id:
+            uri = registry.log_model(run_id, model, example, {"classes": classes})
+        all_tags = {"classes": ",".join(classes), **common, **tags}
+        return registry.register(uri, prefix + name, run_id, all_tags)
+
+    groups = list(species)
+    versions = {
+        prefix + "parent": register(
+            "parent", classifier(backbone, len(groups), 0), groups, group_species=json.dumps(species)
+        )
+    }
+    for index, group in enumerate(groups, start=1):
+        name = f"child-{group}"
+        versions[prefix + name] = register(
+            name, classifier(backbone, len(species[group]), index), species[group], group=group
+        )
+        log(f"  registered {prefix + name} v{versions[prefix + name]}")
+    for name, version in versions.items():
+        registry.set_alias(name, ALIAS, version)
+    return versions
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+def _render_jpeg(args: tuple[int, str, int, int]) -> bytes:
+    from earthsnap_assets.ml.synthetic import render_image
+
+    index, species, seed, quality = args
+    buffer = io.BytesIO()
+    render_image(species, np.random.default_rng([seed, index]), PHOTO_SIZE).save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def photos(count: int, species: list[str], seed: int, quality: int) -> list[bytes]:
+    """`count` realistic 800x600 JPEGs, species round-robin, each from its own seed."""
+    return [_render_jpeg((i, species[i % len(species)], seed, quality)) for i in range(count)]
+
+
+# ---------------------------------------------------------------------------------------------- timing
+
+
+def _quantiles(latencies: Sequence[float]) -> dict[str, float]:
+    ms = np.asarray(latencies) * 1000.0
+    return {
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p95_ms": round(float(np.percentile(ms, 95)), 2),
+        "mean_ms": round(float(ms.mean()), 2),
+        "max_ms": round(float(ms.max()), 2),
+    }
+
+
+def _phase_stats(latencies: Sequence[float], wall: float, cpu: float, load_before: float, concurrency: int) -> dict:
+    return {
+        "concurrency": concurrency,
+        "items": len(latencies),
+        "wall_s": round(wall, 3),
+        "throughput_per_s": round(len(latencies) / wall, 2),
+        **_quantiles(latencies),
+        "process_cpu_ms_per_item": round(cpu / len(latencies) * 1000.0, 2),
+        "loadavg_1m_before": round(load_before, 2),
+    }
+
+
+def run_paired(
+    datas: Sequence[bytes], warmup: int, first: Callable[[], Callable[[int], Any]], second: Callable[[], Callable[[int], Any]]
+) -> tuple[tuple[dict, list[Any]], tuple[dict, list[Any]]]:
+    """Concurrency 1 of two paths, interleaved image by image (which one goes first alternates).
+
+    A shared machine's load drifts over seconds: interleaving gives both paths the same conditions, so
+    their ratio holds even when the absolute numbers move. Throughput at concurrency 1 is items over the
+    sum of that path's latencies; CPU is the process's CPU time while that path ran (nothing else did).
+    """
+    handles = (first(), second())
+    for index in range(min(warmup, len(datas))):
+        for handle in handles:
+            handle(index)
+    latencies: tuple[list[float], list[float]] = ([], [])
+    cpus, results = [0.0, 0.0], ([], [])
+    load_before = os.getloadavg()[0]
+    for index in range(len(datas)):
+        for path in (0, 1) if index % 2 == 0 else (1, 0):
+            cpu, start = time.process_time(), time.perf_counter()
+            result = handles[path](index)
+            latencies[path].append(time.perf_counter() - start)
+            cpus[path] += time.process_time() - cpu
+            results[path].append(result)
+    return tuple(  # type: ignore[return-value]
+        (_phase_stats(latencies[path], sum(latencies[path]), cpus[path], load_before, 1), results[path])
+        for path in (0, 1)
+    )
+
+
+def run_concurrent(
+    datas: Sequence[bytes], concurrency: int, warmup: int, make_worker: Callable[[], Callable[[int], Any]]
+) -> dict:
+    """`warmup` untimed items then every item of `datas`, from `concurrency` threads taking the next index.
+
+    `make_worker()` is called once per thread (a session per thread); its function handles one item index.
+    """
+    latencies: list[float] = [0.0] * len(datas)
+    lock = threading.Lock()
+
+    def drain(indices: Iterator[int], keep: bool) -> None:
+        handle = make_worker()
+        while True:
+            with lock:
+                index = next(indices, None)
+            if index is None:
+                return
+            start = time.perf_counter()
+            handle(index)
+            if keep:
+                latencies[index] = time.perf_counter() - start
+
+    def everyone(indices: Iterator[int], keep: bool) -> None:
+        with ThreadPoolExecutor(concurrency) as pool:
+            for future in [pool.submit(drain, indices, keep) for _ in range(concurrency)]:
+                future.result()
+
+    everyone(iter(range(min(warmup * concurrency, len(datas)))), keep=False)
+    load_before, cpu_before = os.getloadavg()[0], time.process_time()
+    start = time.perf_counter()
+    everyone(iter(range(len(datas))), keep=True)
+    wall = time.perf_counter() - start
+    return _phase_stats(latencies, wall, time.process_time() - cpu_before, load_before, concurrency)
+
+
+def in_process_worker(bundle: LoadedModels, datas: Sequence[bytes]) -> Callable[[], Callable[[int], Any]]:
+    def make() -> Callable[[int], Any]:
+        def handle(index: int) -> Any:
+            return bundle.predict(preprocess_bytes(datas[index], bundle.image_size))[0]
+
+        return handle
+
+    return make
+
+
+def http_worker(url: str, datas: Sequence[bytes]) -> Callable[[], Callable[[int], Any]]:
+    def make() -> Callable[[int], Any]:
+        session = requests.Session()  # one keep-alive connection per thread
+
+        def handle(index: int) -> Any:
+            response = session.post(
+                f"{url}/predict", data=datas[index], headers={"content-type": "image/jpeg"}, timeout=60
+            )
+            if response.status_code != 200:
+                raise RuntimeError(f"POST /predict answered {response.status_code}: {response.text[:300]}")
+            return response.json()
+
+        return handle
+
+    return make
+
+
+class ServerClock:
+    """ASGI wrapper: how long each `/predict` spent inside the app (first byte in -> last byte out)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.seconds: list[float] = []
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != "/predict":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        await self.app(scope, receive, send)
+        self.seconds.append(time.perf_counter() - start)
+
+
+@contextlib.contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """Run `app` under a real uvicorn on a free port of 127.0.0.1 (as the serving tests do); the base URL."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+def wait_ready(url: str, timeout: float = 120.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(requests.ConnectionError):
+            response = requests.get(f"{url}/ready", timeout=5)
+            if response.status_code == 200:
+                return response.json()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} not ready within {timeout} s")
+        time.sleep(0.1)
+
+
+def batch_counts(url: str) -> dict[str, int]:
+    return requests.get(f"{url}/stats", timeout=10).json()
+
+
+def with_batching(stats: dict, before: dict, after: dict) -> dict:
+    passes = after["forward_passes"] - before["forward_passes"]
+    items = after["items"] - before["items"]
+    return stats | {
+        "forward_passes": passes,
+        "batched_items": items,
+        "avg_batch_size": round(items / passes, 2) if passes else None,
+        "largest_batch_so_far": after["largest_batch"],
+    }
+
+
+def agreement(local: Sequence[Any], remote: Sequence[dict], bundle: LoadedModels) -> dict:
+    """Same photo, same versions: HTTP's best species and its probability against the in-process ones."""
+    same, worst = 0, 0.0
+    for prediction, answer in zip(local, remote, strict=True):
+        best = int(np.argmax(prediction.species_probs))
+        top = answer["top_k"][0]
+        same += top["species"] == bundle.hierarchy.flat_species[best]
+        worst = max(worst, abs(top["probability"] - float(prediction.species_probs[best])))
+    return {"same_top_species": same, "of": len(local), "max_abs_probability_diff": worst}
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def machine() -> dict:
+    return {
+        "cpu_count": os.cpu_count(),
+        "sched_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "processor": platform.machine(),
+        # Other work on the machine skews every number here: a 1-minute load near the CPU count means contention.
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=200, help="number of 800x600 JPEGs per phase (default 200)")
+    parser.add_argument("--concurrency", type=int, default=8, help="threads of the concurrent phases (default 8)")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed items before each phase (default 10)")
+    parser.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"timm backbone (default {DEFAULT_BACKBONE})")
+    parser.add_argument("--image-size", type=int, default=64, help="model input size S (default 64)")
+    parser.add_argument("--quality", type=int, default=90, help="JPEG quality of the inputs (default 90)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.n < 1 or args.concurrency < 1 or args.warmup < 0:
+        parser.error("need --n >= 1, --concurrency >= 1, --warmup >= 0")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    facts = machine()
+    log(f"machine: {json.dumps(facts)}")
+    began = time.perf_counter()
+    species = hierarchy(groups=4, species_per_group=3)
+    flat = [s for group in species.values() for s in group]
+    log(f"rendering {args.n} photos of {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]}")
+    clock = time.perf_counter()
+    datas = photos(args.n, flat, args.seed, args.quality)
+    setup = {"render_s": round(time.perf_counter() - clock, 2)}
+    prefix = f"bench-{uuid.uuid4().hex[:8]}-earthsnap-"
+    config = ServeConfig(model_prefix=prefix)
+    log("starting the bench stack (SeaweedFS + MLflow)")
+    clock = time.perf_counter()
+    with bench_stack():
+        setup["stack_up_s"] = round(time.perf_counter() - clock, 2)
+        registry = MlflowRegistry(experiment=f"bench-serve-{prefix[6:14]}")
+        log(f"registering the hierarchy under {prefix!r}")
+        clock = time.perf_counter()
+        versions = register_hierarchy(registry, prefix, species, args.backbone, args.image_size)
+        setup["register_s"] = round(time.perf_counter() - clock, 2)
+        clock = time.perf_counter()
+        resolved = resolve(registry.client, config, ALIAS)
+        if resolved is None or dict(resolved.versions) != versions:
+            raise RuntimeError(f"alias {ALIAS!r} resolves to {resolved}, expected {versions}")
+        bundle = load(registry, resolved, ENV, ALIAS)
+        setup["load_s"] = round(time.perf_counter() - clock, 2)
+
+        app = ServerClock(create_app(ENV, config=config))
+        with serving(app) as url:
+            clock = time.perf_counter()
+            ready = wait_ready(url)
+            setup["endpoint_ready_s"] = round(time.perf_counter() - clock, 2)
+            if ready["versions"] != versions:
+                raise RuntimeError(f"endpoint serves {ready['versions']}, expected {versions}")
+            c = args.concurrency
+            log(f"concurrency 1: in-process and http interleaved, {args.n} photos each")
+            before = batch_counts(url)
+            app.seconds.clear()
+            (local_c1, local_answers), (http_c1, http_answers) = run_paired(
+                datas, args.warmup, in_process_worker(bundle, datas), http_worker(url, datas)
+            )
+            server_c1 = _quantiles(app.seconds[-len(datas) :])
+            http_c1 = with_batching(http_c1, before, batch_counts(url))
+            log(f"  in-process c1: {json.dumps(local_c1)}")
+            log(f"  http c1: {json.dumps(http_c1)}")
+            log(f"in-process, concurrency {c}")
+            local_cn = run_concurrent(datas, c, args.warmup, in_process_worker(bundle, datas))
+            log(f"  in-process c{c}: {json.dumps(local_cn)}")
+            log(f"http, concurrency {c}")
+            before = batch_counts(url)
+            app.seconds.clear()
+            http_cn = run_concurrent(datas, c, args.warmup, http_worker(url, datas))
+            server_cn = _quantiles(app.seconds[-len(datas) :])
+            http_cn = with_batching(http_cn, before, batch_counts(url))
+            log(f"  http c{c}: {json.dumps(http_cn)}")
+    overhead = (http_c1["p50_ms"] - local_c1["p50_ms"]) / local_c1["p50_ms"]
+    gain = http_cn["throughput_per_s"] / http_c1["throughput_per_s"]
+    result = {
+        "http_overhead_c1": round(overhead, 4),
+        "target_http_overhead_c1": TARGET_OVERHEAD,
+        "meets_overhead_target": overhead <= TARGET_OVERHEAD,
+        f"batching_gain_c{c}": round(gain, 3),
+        "target_batching_gain": f"> {TARGET_BATCHING_GAIN}",
+        "meets_batching_target": gain > TARGET_BATCHING_GAIN,
+        f"in_process_gain_c{c}": round(local_cn["throughput_per_s"] / local_c1["throughput_per_s"], 3),
+        "in_process": {"c1": local_c1, f"c{c}": local_cn},
+        "http": {"c1": http_c1 | {"server_side": server_c1}, f"c{c}": http_cn | {"server_side": server_cn}},
+        "answers_agree_c1": agreement(local_answers, http_answers, bundle),
+        "params": {
+            "n": args.n,
+            "warmup": args.warmup,
+            "concurrency": c,
+            "backbone": args.backbone,
+            "image_size": args.image_size,
+            "photo_size": list(PHOTO_SIZE),
+            "jpeg_quality": args.quality,
+            "mean_jpeg_bytes": int(np.mean([len(d) for d in datas])),
+            "seed": args.seed,
+            "groups": {group: len(names) for group, names in species.items()},
+            "model_versions": versions,
+            "serve_config": {"max_batch": config.max_batch, "max_wait_ms": config.max_wait_ms},
+            "server": "uvicorn in a thread of this process (as the serving tests run it), client threads beside it",
+        },
+        "setup_s": setup,
+        "total_s": round(time.perf_counter() - began, 1),
+        "machine": facts | {"loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},
+    }
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
