@@ -231,19 +231,22 @@ def _demo_approve_and_deploy(timeout: float = 900.0) -> dict[str, str]:
     for version in registry.search_versions("name LIKE 'earthsnap-%'"):
         if int(version.version) > int(latest.get(version.name, "0")):
             latest[version.name] = str(version.version)
-    ordered = sorted(latest.items(), key=lambda kv: (kv[0] != "earthsnap-parent", kv[0]))
-    waiting: dict[str, str] = {}
-    for name, version in ordered:
+    deployed: dict[str, str] = {}
+    children: dict[str, str] = {}
+    for name, version in sorted(latest.items(), key=lambda kv: (kv[0] != "earthsnap-parent", kv[0])):
         tags = registry.version_tags(name, version)
         if tags.get("gate") != "passed":
             click.echo(f"  {name} v{version}: gate {tags.get('gate')} ({tags.get('gate_reason')}): not approvable")
             continue
         approve(registry, store, name, version, note="earthsnap demo --auto-approve")
         click.echo(f"  approved {name} v{version}; the approval sensor will deploy it")
-        waiting[name] = version
-        if name == "earthsnap-parent":  # children can only be staged next to a parent
-            _wait_production(registry, {name: version}, timeout)
-    return _wait_production(registry, waiting, timeout)
+        if name == "earthsnap-parent":  # children can only be staged next to a parent: wait for it first
+            deployed |= _wait_production(registry, {name: version}, timeout)
+        else:
+            children[name] = version
+    if "earthsnap-parent" in deployed:
+        deployed |= _wait_production(registry, children, timeout)
+    return deployed
 
 
 def _wait_production(registry, wanted: dict[str, str], timeout: float) -> dict[str, str]:
@@ -251,7 +254,8 @@ def _wait_production(registry, wanted: dict[str, str], timeout: float) -> dict[s
     done: dict[str, str] = {}
     while time.monotonic() - started < timeout:
         for name, version in wanted.items():
-            if name not in done and registry.alias_version(name, "production") == version:
+            deployed = registry.version_tags(name, version).get("deploy_status") == "production"
+            if name not in done and deployed:  # set once the production endpoint serves it
                 done[name] = version
                 click.echo(f"  {name} v{version} is in production ({time.monotonic() - started:.0f} s)")
             elif name not in done and registry.version_tags(name, version).get("deploy_status") == "deploy_failed":
@@ -273,7 +277,7 @@ def _predict_sample(settings: Settings) -> None:
 
 
 @main.command("demo")
-@click.option("--images-per-species", default=60, show_default=True)
+@click.option("--images-per-species", default=80, show_default=True)
 @click.option(
     "--auto-approve",
     is_flag=True,

@@ -5,7 +5,7 @@ import json
 import dagster as dg
 
 from earthsnap_assets.defs.partitions import species_group
-from earthsnap_assets.defs.settings import GateConfig
+from earthsnap_assets.defs.settings import ChildGateConfig, GateConfig
 from earthsnap_assets.pipeline.registration import register
 from earthsnap_assets.refs import DatasetRef, EvaluationRef, ModelRef
 from earthsnap_assets.resources.mlflow_registry import MlflowRegistry
@@ -53,7 +53,7 @@ def registered_parent(
 
 @dg.asset(group_name="registry", partitions_def=species_group, kinds={"mlflow"})
 def registered_child(
-    config: GateConfig, registry: MlflowRegistry, child_model: ModelRef, child_evaluation: EvaluationRef
+    config: ChildGateConfig, registry: MlflowRegistry, child_model: ModelRef, child_evaluation: EvaluationRef
 ):
     """A new version of `earthsnap-child-<group>`, tagged `approval=pending` and with its gate result."""
     return _register(registry, child_model, child_evaluation, config)

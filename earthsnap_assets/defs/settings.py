@@ -49,3 +49,30 @@ class TuningConfig(TrainingConfig):
 class GateConfig(dg.Config):
     min_accuracy: float = Field(0.5, description="test accuracy a version needs to pass the gate")
     tolerance: float = Field(0.02, description="how far below production a version may be and still pass")
+
+
+class ChildTrainingConfig(TrainingConfig):
+    """Children see few images per class: smaller batches and more patience give them enough steps."""
+
+    batch_size: int = 16
+    patience: int = Field(12, description="early stopping: epochs without a better validation accuracy")
+
+
+class ChildTuningConfig(TuningConfig):
+    """A child's search: the residual backbone (it learns within-group traits from ~40 photos per species,
+    where the ConvNeXt-style one stayed at chance in our runs), longer schedules, three trials."""
+
+    batch_size: int = 16
+    patience: int = 12
+    lr_min: float = 5e-4
+    lr_max: float = 4e-3
+    trials: int = Field(3, description="at most this many trials")
+    subset_per_class: int = Field(30, description="tuning trains on this many images per class")
+    backbone_choices: list[str] = Field(["test_resnet"], description="timm backbones to choose from")
+    epoch_choices: list[int] = Field([30], description="epoch counts to choose from")
+
+
+class ChildGateConfig(GateConfig):
+    """A child chooses among a group's few species: chance is 1/3 for three, so its floor sits lower."""
+
+    min_accuracy: float = Field(0.4, description="test accuracy a child version needs to pass the gate")

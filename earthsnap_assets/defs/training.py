@@ -4,7 +4,7 @@ import dagster as dg
 
 from earthsnap_assets.defs.compute import GPU_OP_TAGS, GPU_POOL
 from earthsnap_assets.defs.partitions import species_group
-from earthsnap_assets.defs.settings import TrainingConfig
+from earthsnap_assets.defs.settings import ChildTrainingConfig, TrainingConfig
 from earthsnap_assets.ml.data import load_index
 from earthsnap_assets.pipeline.training import run_training
 from earthsnap_assets.refs import DatasetRef, ModelRef
@@ -51,7 +51,7 @@ def parent_model(
 )
 def child_model(
     context: dg.AssetExecutionContext,
-    config: TrainingConfig,
+    config: ChildTrainingConfig,
     store: ObjectStore,
     registry: MlflowRegistry,
     dataset_splits: DatasetRef,

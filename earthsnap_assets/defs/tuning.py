@@ -4,7 +4,7 @@ import dagster as dg
 
 from earthsnap_assets.defs.compute import GPU_OP_TAGS, GPU_POOL
 from earthsnap_assets.defs.partitions import species_group
-from earthsnap_assets.defs.settings import TuningConfig
+from earthsnap_assets.defs.settings import ChildTuningConfig, TuningConfig
 from earthsnap_assets.ml.data import load_index
 from earthsnap_assets.pipeline.training import run_tuning
 from earthsnap_assets.refs import DatasetRef
@@ -36,7 +36,7 @@ def parent_hyperparams(config: TuningConfig, store: ObjectStore, registry: Mlflo
 )
 def child_hyperparams(
     context: dg.AssetExecutionContext,
-    config: TuningConfig,
+    config: ChildTuningConfig,
     store: ObjectStore,
     registry: MlflowRegistry,
     dataset_splits: DatasetRef,
