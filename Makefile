@@ -39,6 +39,8 @@ stack-down: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/preprocess.py
+	$(BIN)/python bench/train.py
+	$(BIN)/python bench/serve.py
 
 clean:
 	-$(BIN)/earthsnap stack down

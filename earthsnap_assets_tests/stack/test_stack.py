@@ -149,6 +149,9 @@ def test_separate_stack_fails_clearly_then_goes_up_and_down_cleanly(
         stopped = stack_down(settings)
     assert stopped == ["mlflow", "seaweedfs"]
     assert all(_gone(pid) for pid in pids)
+    deadline = time.monotonic() + 10  # the kernel may take a moment to release a killed listener's port
+    while (port_in_use(settings.s3_port) or port_in_use(settings.mlflow_port)) and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert not port_in_use(settings.s3_port) and not port_in_use(settings.mlflow_port)
     assert not list((settings.home / "run").glob("*.pid"))
     assert not list(Path("/tmp").glob(f"seaweedfs-*-{settings.s3_port}.sock"))  # weed's sockets removed
