@@ -2,7 +2,7 @@
 
 Prints ONE JSON object to stdout; progress goes to stderr. Run from the repository root:
 
-    .venv/bin/python bench/preprocess.py [--n 400] [--size 64] [--workers 2] [--s3]
+    .venv/bin/python bench/preprocess.py [--n 400] [--size 64] [--workers 8] [--s3]
 
 Measured over N generated 800x600 JPEGs (realistic content from `synthetic.render_image`):
   naive      Image.open -> convert("RGB") -> resize((S, S)) -> save(PNG) per image, one thread
@@ -11,9 +11,8 @@ Measured over N generated 800x600 JPEGs (realistic content from `synthetic.rende
   incr. 1%   1% new images added, then the same again: only the new ones may be decoded
   --s3       first run / re-run / incremental through the real object store (`earthsnap stack up`)
 
-The process pools use forkserver, whose workers re-run this module (CPython 3.11 never preloads
-`__main__` into the forkserver): keep everything behind the main guard, and the drawing code imported
-lazily so a worker's start-up costs what it costs in production (numpy, Pillow, earthsnap_assets.ml).
+Our pipeline decodes in threads; the input photos are drawn in a spawn process pool before timing, so
+everything stays behind the main guard and the drawing code is imported lazily.
 """
 
 from __future__ import annotations
@@ -360,7 +359,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=400, help="number of 800x600 JPEGs (default 400)")
     parser.add_argument("--size", type=int, default=64, help="training resolution S (default 64)")
-    parser.add_argument("--workers", type=int, default=2, help="decoding processes of our pipeline (default 2)")
+    parser.add_argument("--workers", type=int, default=8, help="decoding threads of our pipeline (default 8)")
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality of the inputs (default 90)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--s3", action="store_true", help="also run through the object store (EARTHSNAP_S3_*)")

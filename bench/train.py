@@ -14,6 +14,10 @@ into an in-memory lake) and measures, on the flat task (every species) of its tr
            (`_epoch_batches` + `augment_batch`), from arrays and from the `ShardStream` loader
   --s3     the same dataset built through `ObjectStore()` (env `EARTHSNAP_S3_*`), then `load_split` and
            the `ShardStream` loader read back from it; two fresh buckets, deleted afterwards
+
+Each measurement runs `--rounds` times (bare and ours alternating); headline rates are medians over every epoch
+of every round. On a shared machine torch's 2 spin-waiting OpenMP threads make one busy neighbour cost 5-40x:
+compare `machine.loadavg_*` (this process alone adds about 2) and the per-epoch seconds under `detail`.
 """
 
 from __future__ import annotations

@@ -156,7 +156,8 @@ def _epoch_batches(
     if isinstance(data, LabeledArrays):
         return _array_batches(data, config.batch_size, generator)
     data.set_epoch(epoch)
-    loader = make_loader(data, config.batch_size, num_workers=config.num_workers, pin_memory=is_cuda(device))
+    workers = config.num_workers if is_cuda(device) else 0  # on CPU a worker only takes cores from the step
+    loader = make_loader(data, config.batch_size, num_workers=workers, pin_memory=is_cuda(device))
     return (batch for batch in loader if batch[1].numel() > 1)
 
 

@@ -34,6 +34,13 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
     return (x - mean) / std
 
 
+def _normalize_(x: torch.Tensor) -> torch.Tensor:
+    """`normalize` in place, for a float NCHW batch that nothing else holds."""
+    shape = (3, 1, 1)
+    x.sub_(torch.tensor(MEAN, dtype=x.dtype, device=x.device).view(shape))
+    return x.div_(torch.tensor(STD, dtype=x.dtype, device=x.device).view(shape))
+
+
 def as_tensor(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
     """A tensor view of pixels, copying only arrays torch cannot share (read-only or strided)."""
     if isinstance(pixels, torch.Tensor):
@@ -57,33 +64,40 @@ def preprocess_bytes(data: bytes, image_size: int) -> torch.Tensor:
     return to_model_input(load_image_array(data, PreprocessConfig(image_size=image_size)))[None]
 
 
-def _crop_flip_theta(n: int, u: torch.Tensor) -> torch.Tensor:
-    """Affine matrices (output -> input coordinates) of a random resized crop with a random h-flip."""
+def _crop_flip_grid(n: int, height: int, width: int, u: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`grid_sample` grid (N x H x W x 2) of a random resized crop with a random h-flip.
+
+    The transform is axis-aligned, so x depends only on the output column and y only on the row: two
+    N x W / N x H vectors broadcast into the grid, instead of `affine_grid`'s batched matmul over every pixel.
+    """
     area = CROP_SCALE[0] + (CROP_SCALE[1] - CROP_SCALE[0]) * u[:, 0]
     log_ratio = math.log(CROP_RATIO[0]) + (math.log(CROP_RATIO[1]) - math.log(CROP_RATIO[0])) * u[:, 1]
     ratio = torch.exp(log_ratio)
-    width = torch.sqrt(area * ratio).clamp(max=1.0)
-    height = torch.sqrt(area / ratio).clamp(max=1.0)
-    center_x = (1.0 - width) * (2.0 * u[:, 2] - 1.0)
-    center_y = (1.0 - height) * (2.0 * u[:, 3] - 1.0)
+    crop_w = torch.sqrt(area * ratio).clamp(max=1.0)
+    crop_h = torch.sqrt(area / ratio).clamp(max=1.0)
+    center_x = (1.0 - crop_w) * (2.0 * u[:, 2] - 1.0)
+    center_y = (1.0 - crop_h) * (2.0 * u[:, 3] - 1.0)
     flip = torch.where(u[:, 4] < 0.5, -1.0, 1.0)
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = width * flip
-    theta[:, 0, 2] = center_x
-    theta[:, 1, 1] = height
-    theta[:, 1, 2] = center_y
-    return theta
+    gx = _base_coords(width) * (crop_w * flip)[:, None] + center_x[:, None]  # N x W
+    gy = _base_coords(height) * crop_h[:, None] + center_y[:, None]  # N x H
+    gx, gy = gx.to(device)[:, None, :].expand(n, height, width), gy.to(device)[:, :, None].expand(n, height, width)
+    return torch.stack((gx, gy), dim=-1)
 
 
-def _color_jitter(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
-    """Brightness, then contrast, then saturation, each with a per-sample factor; x is NCHW in [0, 1]."""
+def _base_coords(size: int) -> torch.Tensor:
+    """Pixel centres in [-1, 1] (align_corners=False), as `affine_grid` places them."""
+    return (torch.arange(size, dtype=torch.float32) * 2.0 + 1.0) / size - 1.0
+
+
+def _color_jitter_(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Brightness, then contrast, then saturation, each with a per-sample factor; x is NCHW in [0, 1], in place."""
     gray_weights = torch.tensor(_GRAY, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     brightness, contrast, saturation = (factors[:, i].view(-1, 1, 1, 1) for i in range(3))
-    x = (x * brightness).clamp(0.0, 1.0)
+    x.mul_(brightness).clamp_(0.0, 1.0)
     mean_gray = (x * gray_weights).sum(dim=1, keepdim=True).mean(dim=(2, 3), keepdim=True)
-    x = ((x - mean_gray) * contrast + mean_gray).clamp(0.0, 1.0)
+    x.sub_(mean_gray).mul_(contrast).add_(mean_gray).clamp_(0.0, 1.0)
     gray = (x * gray_weights).sum(dim=1, keepdim=True)
-    return ((x - gray) * saturation + gray).clamp(0.0, 1.0)
+    return x.sub_(gray).mul_(saturation).add_(gray).clamp_(0.0, 1.0)
 
 
 def augment_batch(batch_uint8_nhwc: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -97,9 +111,8 @@ def augment_batch(batch_uint8_nhwc: torch.Tensor, generator: torch.Generator) ->
     n = batch_uint8_nhwc.shape[0]
     u = torch.rand(n, 8, generator=generator)
     device = batch_uint8_nhwc.device
-    x = batch_uint8_nhwc.permute(0, 3, 1, 2).to(torch.float32).div(255.0)
-    theta = _crop_flip_theta(n, u).to(device)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = batch_uint8_nhwc.permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
+    grid = _crop_flip_grid(n, x.shape[2], x.shape[3], u, device)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     factors = (1.0 - JITTER + 2.0 * JITTER * u[:, 5:8]).to(device)
-    return normalize(_color_jitter(x, factors))
+    return _normalize_(_color_jitter_(x, factors))
