@@ -16,7 +16,7 @@ class DeployConfig(dg.Config):
     version: str
     tolerance: float = Field(0.1, description="stage accuracy may be this much below the version's test accuracy")
     slo_p95_ms: float = Field(1000.0, description="p95 latency SLO of /predict, milliseconds")
-    golden_per_species: int = Field(5, description="held-out test photos per species sent to staging")
+    golden_per_species: int = Field(10, description="held-out test photos per species sent to staging")
     wait_seconds: float = Field(120.0, description="how long an endpoint may take to load a new version")
 
 
