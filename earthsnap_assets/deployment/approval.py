@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from earthsnap_assets.deployment.history import Event, actor, now, production_before, record
+from earthsnap_assets.deployment.history import Event, actor, events, now, production_before, record
 from earthsnap_assets.resources.mlflow_registry import MlflowRegistry
 from earthsnap_assets.resources.object_store import ObjectStore
 
@@ -42,8 +42,6 @@ def reject(registry: MlflowRegistry, store: ObjectStore, model: str, version: st
 
 def rollback(registry: MlflowRegistry, store: ObjectStore, model: str) -> tuple[str | None, str]:
     """Re-point `production` to the version it served before; returns (from, to)."""
-    from earthsnap_assets.deployment.history import events
-
     current = registry.alias_version(model, "production")
     previous = production_before(events(store, store.lake_bucket, model), current)
     if previous is None:

@@ -48,11 +48,12 @@ class MlflowRegistry(dg.ConfigurableResource):
     def uri(self) -> str:
         return self.tracking_uri or Settings.from_env().mlflow_tracking_uri
 
-    def _mlflow(self):
+    def _mlflow(self, with_experiment: bool = True):
         import mlflow
 
         mlflow.set_tracking_uri(self.uri)
-        mlflow.set_experiment(self.experiment)
+        if with_experiment:  # readers (serving) must not create the pipeline's experiment as a side effect
+            mlflow.set_experiment(self.experiment)
         return mlflow
 
     @contextlib.contextmanager
@@ -139,5 +140,5 @@ class MlflowRegistry(dg.ConfigurableResource):
         """The logged network, ready for inference (an exported pt2 program is already in eval mode)."""
         import mlflow.pytorch
 
-        self._mlflow()
+        self._mlflow(with_experiment=False)
         return ExportedModel(mlflow.pytorch.load_model(model_uri))
