@@ -24,8 +24,6 @@ import io
 import json
 import os
 import platform
-import random
-import socket
 import sys
 import tempfile
 import threading
@@ -45,10 +43,11 @@ from earthsnap_assets.ml.transforms import preprocess_bytes
 from earthsnap_assets.resources.mlflow_registry import MlflowRegistry
 from earthsnap_assets.serving.app import create_app
 from earthsnap_assets.serving.config import ServeConfig
+from earthsnap_assets.serving.local import serving_in_thread
 from earthsnap_assets.serving.models import LoadedModels, load, resolve
 from earthsnap_assets.settings import Settings
-from earthsnap_assets.stack import seaweed, stack_down, stack_up
-from earthsnap_assets.stack.process import port_in_use
+from earthsnap_assets.stack import stack_down, stack_up
+from earthsnap_assets.stack.ports import free_stack_env
 
 ENV = ALIAS = "production"
 PHOTO_SIZE = (800, 600)  # width x height, as PIL counts
@@ -63,39 +62,9 @@ def log(*parts: object) -> None:
 # ---------------------------------------------------------------------------------------------- stack
 
 
-def _pick_ports(with_grpc: int, single: int, rng: random.Random) -> tuple[list[int], list[int]]:
-    """Free ports: `with_grpc` of them with port+GRPC_OFFSET free as well (SeaweedFS), `single` plain ones.
-
-    A copy of the test suite's picker (earthsnap_assets_tests/conftest.py): the bench does not import tests.
-    """
-    taken: set[int] = set()
-
-    def pick(grpc: bool) -> int:
-        for _ in range(1000):
-            port = rng.randrange(20_000, 65_535 - seaweed.GRPC_OFFSET)
-            wanted = {port, port + seaweed.GRPC_OFFSET} if grpc else {port}
-            if not wanted & taken and not any(port_in_use(p) for p in wanted):
-                taken.update(wanted)
-                return port
-        raise RuntimeError("no free ports found for the bench stack")
-
-    return [pick(True) for _ in range(with_grpc)], [pick(False) for _ in range(single)]
-
-
 def stack_env(home: Path) -> dict[str, str]:
     """EARTHSNAP_* variables for a stack in `home` on fresh free ports (never the defaults)."""
-    (s3, master, volume, filer), (mlflow, dagster) = _pick_ports(4, 2, random.Random())
-    return {
-        "EARTHSNAP_HOME": str(home),
-        "EARTHSNAP_S3_PORT": str(s3),
-        "EARTHSNAP_S3_ENDPOINT": f"http://127.0.0.1:{s3}",
-        "EARTHSNAP_WEED_MASTER_PORT": str(master),
-        "EARTHSNAP_WEED_VOLUME_PORT": str(volume),
-        "EARTHSNAP_WEED_FILER_PORT": str(filer),
-        "EARTHSNAP_MLFLOW_PORT": str(mlflow),
-        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow}",
-        "EARTHSNAP_DAGSTER_PORT": str(dagster),
-    }
+    return free_stack_env(home)
 
 
 @contextlib.contextmanager
@@ -345,28 +314,9 @@ class ServerClock:
         self.seconds.append(time.perf_counter() - start)
 
 
-@contextlib.contextmanager
-def serving(app: Any) -> Iterator[str]:
+def serving(app: Any) -> contextlib.AbstractContextManager[str]:
     """Run `app` under a real uvicorn on a free port of 127.0.0.1 (as the serving tests do); the base URL."""
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
+    return serving_in_thread(app)
 
 
 def wait_ready(url: str, timeout: float = 120.0) -> dict:

@@ -9,7 +9,6 @@ MLFLOW_TRACKING_URI) are exported for the whole session, so code under test that
 from __future__ import annotations
 
 import os
-import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,41 +17,12 @@ import pytest
 
 from earthsnap_assets.settings import Settings
 from earthsnap_assets.stack import seaweed, stack_down, stack_up
-from earthsnap_assets.stack.process import port_in_use
-
-_GRPC = seaweed.GRPC_OFFSET
-
-
-def _pick_ports(with_grpc: int, single: int, rng: random.Random) -> tuple[list[int], list[int]]:
-    """Free ports: `with_grpc` of them with port+10000 free as well (SeaweedFS), `single` plain ones."""
-    taken: set[int] = set()
-
-    def pick(grpc: bool) -> int:
-        for _ in range(1000):
-            port = rng.randrange(20_000, 65_535 - _GRPC)
-            wanted = {port, port + _GRPC} if grpc else {port}
-            if not wanted & taken and not any(port_in_use(p) for p in wanted):
-                taken.update(wanted)
-                return port
-        raise RuntimeError("no free ports found for the test stack")
-
-    return [pick(True) for _ in range(with_grpc)], [pick(False) for _ in range(single)]
+from earthsnap_assets.stack.ports import free_stack_env
 
 
 def stack_env(home: Path) -> dict[str, str]:
     """EARTHSNAP_* variables for a stack in `home` on fresh free ports."""
-    (s3, master, volume, filer), (mlflow, dagster) = _pick_ports(4, 2, random.Random())
-    return {
-        "EARTHSNAP_HOME": str(home),
-        "EARTHSNAP_S3_PORT": str(s3),
-        "EARTHSNAP_S3_ENDPOINT": f"http://127.0.0.1:{s3}",
-        "EARTHSNAP_WEED_MASTER_PORT": str(master),
-        "EARTHSNAP_WEED_VOLUME_PORT": str(volume),
-        "EARTHSNAP_WEED_FILER_PORT": str(filer),
-        "EARTHSNAP_MLFLOW_PORT": str(mlflow),
-        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow}",
-        "EARTHSNAP_DAGSTER_PORT": str(dagster),
-    }
+    return free_stack_env(home)
 
 
 @pytest.fixture(scope="session")

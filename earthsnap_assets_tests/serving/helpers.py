@@ -10,20 +10,19 @@ import contextlib
 import io
 import json
 import socket
-import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import requests
 import torch
-import uvicorn
 from PIL import Image
 
 from earthsnap_assets.resources.mlflow_registry import MlflowRegistry
 from earthsnap_assets.serving.config import ServeConfig
+from earthsnap_assets.serving.local import serving_in_thread
 
 IMAGE_SIZE = 64
 GROUP_SPECIES = {"birds": ["robin"], "flowers": ["rose", "tulip"], "insects": ["moth", "bee", "ant"]}
@@ -139,26 +138,9 @@ def png_header(width: int, height: int) -> bytes:
     )
 
 
-@contextlib.contextmanager
-def serving(app: object) -> Iterator[str]:
+def serving(app: object) -> contextlib.AbstractContextManager[str]:
     """Run `app` under a real uvicorn on a free port of 127.0.0.1; yields the base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
-        sock.close()
+    return serving_in_thread(app, start_timeout=15.0)
 
 
 def wait_until(check, timeout: float = 30.0, interval: float = 0.1) -> None:
