@@ -1,11 +1,9 @@
 """Validation + dataset build over an in-memory lake: incrementality, determinism, shard contents."""
 
 import hashlib
-import io
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
 
 from earthsnap_assets.ml.dataset_build import build_dataset
 from earthsnap_assets.ml.manifest import RawObject
@@ -15,22 +13,11 @@ from earthsnap_assets.ml.splits import SplitConfig
 from earthsnap_assets.ml.storage import MemoryBlobs, unpack_arrays
 from earthsnap_assets.ml.taxonomy import parse_taxonomy
 from earthsnap_assets.ml.validation import load_manifest, validate
+from earthsnap_assets_tests.ml.training_fixtures import photo
 
 TAXONOMY = parse_taxonomy("species,group\nrose,flowers\ntulip,flowers\nmoth,insects\n")
 RULES = QualityRules(min_side=32, min_images_per_species=5)
 PREPROCESS = PreprocessConfig(image_size=24)
-
-
-def _photo(seed: int) -> bytes:
-    rng = np.random.default_rng(seed)
-    image = Image.new("RGB", (160, 120), tuple(int(v) for v in rng.integers(0, 256, 3)))
-    draw = ImageDraw.Draw(image)
-    for _ in range(4):
-        x, y = (int(v) for v in rng.integers(0, 120, 2))
-        draw.ellipse([x, y, x + 40, y + 30], fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
 
 
 class Lake:
@@ -58,8 +45,8 @@ def lake() -> Lake:
     for species in ("rose", "tulip", "moth"):
         for i in range(12):
             seed += 1
-            lake.put(f"images/{species}/{i:03d}.jpg", _photo(seed))
-    lake.put("images/rose/broken.jpg", _photo(999)[:2000])
+            lake.put(f"images/{species}/{i:03d}.jpg", photo(seed))
+    lake.put("images/rose/broken.jpg", photo(999)[:2000])
     return lake
 
 
@@ -73,7 +60,7 @@ def test_rerun_with_no_change_decodes_nothing_and_keeps_the_version(lake):
 
 def test_small_upload_decodes_only_the_new_objects_and_makes_a_new_version(lake):
     first = lake.validate()
-    lake.put("images/moth/new.jpg", _photo(5000))
+    lake.put("images/moth/new.jpg", photo(5000))
     second = lake.validate()
     assert second.decoded == 1 and second.reused == 37
     assert second.manifest.dataset_version != first.manifest.dataset_version
@@ -107,7 +94,7 @@ def test_dataset_shards_hold_the_preprocessed_pixels_of_each_entry(lake):
 def test_dataset_build_is_reused_and_new_versions_preprocess_only_new_images(lake):
     first = lake.build(lake.validate().manifest)
     assert lake.build(lake.validate().manifest).reused
-    lake.put("images/tulip/late.jpg", _photo(7000))
+    lake.put("images/tulip/late.jpg", photo(7000))
     second = lake.build(lake.validate().manifest)
     assert not second.reused and second.preprocessed == 1
     old_split = {e["sha256"]: e["split"] for e in first.index["entries"]}
