@@ -23,6 +23,10 @@ class ClusterConfigError(ValueError):
     """A cluster variable is malformed; raised when the code location loads, naming the variable."""
 
 
+def _copy(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
 def _json(env: Mapping[str, str], name: str, default: Any, kind: type) -> Any:
     raw = env.get(name, "").strip()
     if not raw:
@@ -60,10 +64,10 @@ class ClusterConfig:
     """
 
     gpu_node_selector: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_GPU_NODE_SELECTOR))
-    gpu_tolerations: list[dict[str, Any]] = field(default_factory=lambda: [dict(t) for t in DEFAULT_GPU_TOLERATIONS])
+    gpu_tolerations: list[dict[str, Any]] = field(default_factory=lambda: _copy(DEFAULT_GPU_TOLERATIONS))
     gpus_per_step: int = 1
-    gpu_step_resources: dict[str, Any] = field(default_factory=lambda: json.loads(json.dumps(DEFAULT_GPU_STEP_RESOURCES)))
-    step_resources: dict[str, Any] = field(default_factory=lambda: json.loads(json.dumps(DEFAULT_STEP_RESOURCES)))
+    gpu_step_resources: dict[str, Any] = field(default_factory=lambda: _copy(DEFAULT_GPU_STEP_RESOURCES))
+    step_resources: dict[str, Any] = field(default_factory=lambda: _copy(DEFAULT_STEP_RESOURCES))
     max_concurrent_steps: int = 8
     step_image: str | None = None
 
@@ -83,7 +87,7 @@ class ClusterConfig:
     def gpu_step_k8s_config(self) -> dict[str, Any]:
         """The `dagster-k8s/config` of one GPU step: its node, its toleration, its GPUs, its cpu/memory."""
         gpus = str(self.gpus_per_step)
-        resources = json.loads(json.dumps(self.gpu_step_resources))
+        resources = _copy(self.gpu_step_resources)
         resources.setdefault("requests", {})["nvidia.com/gpu"] = gpus
         resources.setdefault("limits", {})["nvidia.com/gpu"] = gpus
         return {

@@ -11,8 +11,8 @@ import dagster as dg
 from dagster_k8s import k8s_job_executor
 
 from earthsnap_assets.cluster import ClusterConfig
-from earthsnap_assets.defs.compute import GPU_POOL
 from earthsnap_assets.definitions import build_definitions
+from earthsnap_assets.defs.compute import GPU_POOL
 
 
 def gpu_ops(definitions: dg.Definitions) -> set[str]:

@@ -91,7 +91,7 @@ def step_jobs(
         )
     )
     captured = CapturedJobs()
-    executor._step_handler._api_client = DagsterKubernetesClient.production_client(batch_api_override=captured)  # noqa: SLF001
+    executor._step_handler._api_client = DagsterKubernetesClient.production_client(batch_api_override=captured)
     plan = create_execution_plan(recon, run_config=run.run_config, tags=run.tags, instance_ref=instance.get_ref())
     plan_context = PlanOrchestrationContext(
         plan_data=PlanData(
@@ -110,7 +110,7 @@ def step_jobs(
     for step in plan.steps:
         args = ExecuteStepArgs(recon.get_python_origin(), run.run_id, [step.key], instance_ref=instance.get_ref())
         context = StepHandlerContext(instance, plan_context, plan.steps, args, run)
-        list(executor._step_handler.launch_step(context))  # noqa: SLF001
+        list(executor._step_handler.launch_step(context))
         jobs[step.key] = captured.jobs[-1]
     return jobs
 

@@ -42,7 +42,8 @@ def production_home(postgres, stack, tmp_path, monkeypatch) -> Iterator[Path]:
     suffix = uuid.uuid4().hex[:8]
     logs_bucket = f"test-logs-{suffix}"
     ObjectStore().ensure_bucket(logs_bucket)
-    for name, value in instance_env(postgres, stack, postgres.create_database(f"dagster_{suffix}"), logs_bucket).items():
+    db = postgres.create_database(f"dagster_{suffix}")
+    for name, value in instance_env(postgres, stack, db, logs_bucket).items():
         monkeypatch.setenv(name, value)
     shutil.copy(DEPLOY / "dagster.yaml", tmp_path / "dagster.yaml")
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
