@@ -99,7 +99,11 @@ class ClusterConfig:
         """`k8s_job_executor` config: default resources for every step pod, GPU placement for `gpu_ops`."""
         config: dict[str, Any] = {
             "max_concurrent": self.max_concurrent_steps,
-            "step_k8s_config": {"container_config": {"resources": self.step_resources}},
+            # No service-link variables in step pods: `<SERVICE>_PORT=tcp://...` would shadow EARTHSNAP_* ports.
+            "step_k8s_config": {
+                "container_config": {"resources": self.step_resources},
+                "pod_spec_config": {"enable_service_links": False},
+            },
             "per_step_k8s_config": {op: self.gpu_step_k8s_config() for op in sorted(gpu_ops)},
         }
         if self.step_image:

@@ -15,7 +15,9 @@ from pathlib import Path
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name)
-    if raw in (None, ""):
+    # Kubernetes service links set <SERVICE>_PORT=tcp://ip:port in every pod of a namespace, and our
+    # Services `earthsnap-staging`/`-production` collide with EARTHSNAP_STAGING_PORT: not a setting.
+    if raw in (None, "") or raw.startswith(("tcp://", "udp://")):
         return default
     try:
         return int(raw)

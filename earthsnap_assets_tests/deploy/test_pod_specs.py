@@ -109,3 +109,4 @@ def test_every_step_job_is_a_valid_kubernetes_job(k8s_instance):
     for job in jobs.values():
         manifest = {"apiVersion": "batch/v1", "kind": "Job", **as_manifest(job)}
         kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+        assert manifest["spec"]["template"]["spec"]["enableServiceLinks"] is False
