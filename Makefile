@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP_FLAGS := --disable-pip-version-check --no-input -q
 
-.PHONY: demo test lint fmt venv stack-up stack-down bench clean
+.PHONY: demo test lint fmt venv postgres stack-up stack-down bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,15 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/earthsnap demo --auto-approve
 
-test: $(STAMP) lint
+test: $(STAMP) lint postgres
 	$(BIN)/python -m pytest
+
+# The production-instance tests start a real PostgreSQL server: Debian's package, installed if missing.
+postgres:
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; \
+	  else echo "PostgreSQL is needed by the tests: sudo apt-get install postgresql" >&2; exit 1; fi; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
