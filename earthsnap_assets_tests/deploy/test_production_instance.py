@@ -17,23 +17,9 @@ from earthsnap_assets.ingest import ingest
 from earthsnap_assets.ml.synthetic import SyntheticSpec, generate_dataset
 from earthsnap_assets.resources.lake_io_manager import LakeIOManager
 from earthsnap_assets.resources.object_store import ObjectStore
-from earthsnap_assets.settings import Settings
-from earthsnap_assets_tests.deploy.postgres import PostgresServer
+from earthsnap_assets_tests.deploy.production_dagster import DEPLOY, instance_env
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 pytestmark = pytest.mark.stack
-
-
-def instance_env(postgres: PostgresServer, stack: Settings, db: str, logs_bucket: str) -> dict[str, str]:
-    """Every variable deploy/dagster.yaml reads, pointed at the test PostgreSQL and the stack's S3."""
-    return {
-        **postgres.env(db),
-        "DAGSTER_COMPUTE_LOGS_BUCKET": logs_bucket,
-        "DAGSTER_S3_ENDPOINT_URL": stack.s3_endpoint or "",
-        "AWS_ACCESS_KEY_ID": stack.access_key,
-        "AWS_SECRET_ACCESS_KEY": stack.secret_key,
-        "AWS_DEFAULT_REGION": stack.region,
-    }
 
 
 @pytest.fixture
