@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -39,7 +40,9 @@ def demo_data(out: Path | None, images_per_species: int, seed: int, upload: bool
     from earthsnap_assets.ml.synthetic import SyntheticSpec, generate_dataset
 
     settings = _settings()
-    out = out or settings.home / "demo-data"
+    if out is None:  # our own folder of generated data: drawn again (deterministically) on every run
+        out = settings.home / "demo-data"
+        shutil.rmtree(out, ignore_errors=True)
     summary = generate_dataset(out, SyntheticSpec(images_per_species=images_per_species, seed=seed))
     groups = sorted(set(summary.species.values()))
     click.echo(f"generated {summary.good_images} images of {len(summary.species)} species in {len(groups)} groups")
