@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import socket
 from pathlib import Path
 
 from earthsnap_assets.stack.process import port_in_use
@@ -24,6 +25,13 @@ def pick_free_ports(with_grpc: int, single: int, rng: random.Random | None = Non
         raise RuntimeError("no free ports found for a stack")
 
     return [pick(True) for _ in range(with_grpc)], [pick(False) for _ in range(single)]
+
+
+def free_port() -> int:
+    """One free loopback port, chosen by the OS: for a single extra server (tests, benchmarks)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def free_stack_env(home: Path) -> dict[str, str]:

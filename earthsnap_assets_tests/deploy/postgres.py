@@ -9,11 +9,12 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from earthsnap_assets.stack.ports import free_port
 
 USER = "earthsnap"
 
@@ -31,12 +32,6 @@ def bin_dir() -> Path:
     if not candidates:
         raise PostgresUnavailable("PostgreSQL not found: install Debian's `postgresql` package (make test does)")
     return Path(candidates[-1]).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

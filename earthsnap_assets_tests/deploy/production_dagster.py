@@ -9,10 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,7 +23,9 @@ import yaml
 
 from earthsnap_assets.resources.object_store import ObjectStore
 from earthsnap_assets.settings import Settings
-from earthsnap_assets_tests.deploy.postgres import PostgresServer, free_port
+from earthsnap_assets.stack.ports import free_port
+from earthsnap_assets.stack.process import ManagedProcess
+from earthsnap_assets_tests.deploy.postgres import PostgresServer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = REPO_ROOT / "deploy"
@@ -79,14 +78,6 @@ def launch(url: str, job: str, assets: list[str] | None = None) -> str:
     return result["run"]["runId"]
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str, poll: float = 2.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(poll)
-
-
 @dataclass
 class ProductionDagster:
     url: str
@@ -98,18 +89,11 @@ class ProductionDagster:
             yield instance
 
 
-def _wait_until_loaded(url: str, proc: subprocess.Popen, log: Path) -> None:
-    def loaded() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"dagster dev exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            data = graphql(url, "{ workspaceOrError { ... on Workspace { locationEntries { loadStatus } } } }", {})
-        except OSError:
-            return False
-        entries = data["workspaceOrError"]["locationEntries"]
-        return bool(entries) and all(e["loadStatus"] == "LOADED" for e in entries)
-
-    wait_for(loaded, 240, f"dagster dev loading the code location (log: {log})")
+def _loaded(url: str) -> bool:
+    """The webserver answers and every code location has loaded (the daemon shares its code server)."""
+    data = graphql(url, "{ workspaceOrError { ... on Workspace { locationEntries { loadStatus } } } }", {})
+    entries = data["workspaceOrError"]["locationEntries"]
+    return bool(entries) and all(e["loadStatus"] == "LOADED" for e in entries)
 
 
 @contextlib.contextmanager
@@ -146,25 +130,15 @@ def production_dagster(
             with running.instance() as instance:
                 instance.add_dynamic_partitions("species_group", partitions)
         port = free_port()
-        log = home / "dagster-dev.log"
-        command = [str(Path(sys.executable).parent / "dagster"), "dev", "-w", str(workspace)]
-        with log.open("w") as out:
-            proc = subprocess.Popen(
-                [*command, "-h", "127.0.0.1", "-p", str(port)],
-                cwd=REPO_ROOT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its webserver, daemon, code server and run workers: one process group
-            )
         running.url = f"http://127.0.0.1:{port}"
+        # Webserver, daemon, code server and run workers: one process group, stopped together.
+        process = ManagedProcess("dagster-dev", home)
+        command = [str(Path(sys.executable).parent / "dagster"), "dev", "-w", str(workspace)]
+        process.start(
+            [*command, "-h", "127.0.0.1", "-p", str(port)], env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=REPO_ROOT
+        )
         try:
-            _wait_until_loaded(running.url, proc, log)
+            process.wait_healthy(lambda: _loaded(running.url), 240, port=port)
             yield running
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            process.stop(timeout=30)

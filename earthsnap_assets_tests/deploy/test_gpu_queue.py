@@ -10,7 +10,8 @@ import time
 import dagster as dg
 import pytest
 
-from earthsnap_assets_tests.deploy.production_dagster import launch, production_dagster, wait_for
+from earthsnap_assets_tests.deploy.production_dagster import launch, production_dagster
+from earthsnap_assets_tests.polling import wait_until
 
 pytestmark = pytest.mark.stack
 HOLDER = "slot-holder-run"  # stands for a training step of another run that holds the only GPU
@@ -34,9 +35,9 @@ def test_a_training_run_waits_in_the_queue_for_a_gpu_slot_and_a_data_run_does_no
 
         training = launch(dagster.url, "parent_training")
         data = launch(dagster.url, "data_pipeline")
-        wait_for(lambda: status(instance, data) != dg.DagsterRunStatus.QUEUED, 120, "data run dequeued")
+        wait_until(lambda: status(instance, data) != dg.DagsterRunStatus.QUEUED, 120, interval=2)
         time.sleep(12)  # two more dequeue passes of the daemon (every 5 s)
         assert status(instance, training) == dg.DagsterRunStatus.QUEUED
 
         storage.free_concurrency_slots_for_run(HOLDER)
-        wait_for(lambda: status(instance, training) != dg.DagsterRunStatus.QUEUED, 120, "training run dequeued")
+        wait_until(lambda: status(instance, training) != dg.DagsterRunStatus.QUEUED, 120, interval=2)

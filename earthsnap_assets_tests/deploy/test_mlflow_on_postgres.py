@@ -7,10 +7,8 @@ and MLFLOW_S3_ENDPOINT_URL points at SeaweedFS (on AWS it is unset).
 """
 
 import os
-import re
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -22,11 +20,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from earthsnap_assets.resources.object_store import ObjectStore
-from earthsnap_assets_tests.deploy.k8s_schema import k8s_documents
-from earthsnap_assets_tests.deploy.postgres import free_port
+from earthsnap_assets.stack.ports import free_port
+from earthsnap_assets.stack.process import ManagedProcess
+from earthsnap_assets_tests.deploy.k8s_schema import expand_vars, k8s_documents
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
-VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 pytestmark = pytest.mark.stack
 
 
@@ -51,12 +49,17 @@ def container_env(container: dict[str, Any], maps: dict[str, dict[str, str]]) ->
 
 def command_line(container: dict[str, Any], env: dict[str, str]) -> list[str]:
     """command + args with `$(VAR)` expanded the way the kubelet does."""
-    return [VAR_REF.sub(lambda m: env[m.group(1)], part) for part in container["command"] + container["args"]]
+    return expand_vars(container["command"] + container["args"], env)
 
 
 def with_option(args: list[str], option: str, value: str) -> list[str]:
     index = args.index(option)
     return [*args[: index + 1], value, *args[index + 2 :]]
+
+
+def healthy(url: str) -> bool:
+    with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+        return response.status == 200
 
 
 @pytest.fixture(scope="module")
@@ -90,30 +93,14 @@ def mlflow_on_postgres(postgres, stack, tmp_path_factory) -> Iterator[tuple[str,
     env = {**base, **container_env(server, maps), **local}
     port = free_port()
     args = with_option(with_option(command_line(server, env), "--host", "127.0.0.1"), "--port", str(port))
-    log = home / "mlflow.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
+    process = ManagedProcess("mlflow", home)
+    process.start(args, env=env)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not come up:\n{log.read_text()[-3000:]}")
-            time.sleep(1)
+        process.wait_healthy(lambda: healthy(url), 120, port=port)
         yield url, db, bucket
     finally:
-        os.killpg(proc.pid, 15)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait()
+        process.stop(timeout=20)
 
 
 def test_runs_models_and_aliases_live_in_postgres_and_artifacts_in_s3(mlflow_on_postgres, postgres, tmp_path):

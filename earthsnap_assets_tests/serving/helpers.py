@@ -9,8 +9,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import socket
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +21,10 @@ from PIL import Image
 from earthsnap_assets.resources.mlflow_registry import MlflowRegistry
 from earthsnap_assets.serving.config import ServeConfig
 from earthsnap_assets.serving.local import serving_in_thread
+from earthsnap_assets.stack.ports import free_port
+from earthsnap_assets_tests.polling import wait_until
+
+__all__ = ["free_port", "wait_until"]  # re-exported for the serving tests
 
 IMAGE_SIZE = 64
 GROUP_SPECIES = {"birds": ["robin"], "flowers": ["rose", "tulip"], "insects": ["moth", "bee", "ant"]}
@@ -143,15 +145,6 @@ def serving(app: object) -> contextlib.AbstractContextManager[str]:
     return serving_in_thread(app, start_timeout=15.0)
 
 
-def wait_until(check, timeout: float = 30.0, interval: float = 0.1) -> None:
-    """Poll `check()` until it is true; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout} s")
-        time.sleep(interval)
-
-
 def is_ready(url: str) -> bool:
     try:
         return requests.get(f"{url}/ready", timeout=5).status_code == 200
@@ -161,12 +154,6 @@ def is_ready(url: str) -> bool:
 
 def wait_ready(url: str, timeout: float = 30.0) -> None:
     wait_until(lambda: is_ready(url), timeout)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def expected_probabilities(data: bytes) -> dict[str, float]:
