@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
@@ -101,3 +102,11 @@ def validate_fragment(fragment: Any, definition: str, versions: Iterable[str] = 
             raise ManifestError(
                 f"{definition} is invalid for Kubernetes {version}: {_location(error)}: {error.message}"
             )
+
+
+VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+def expand_vars(parts: Iterable[str], values: Mapping[str, str]) -> list[str]:
+    """`$(VAR)` references in a command or args replaced from `values`, as the kubelet does."""
+    return [VAR_REF.sub(lambda m: values[m.group(1)], part) for part in parts]

@@ -22,9 +22,14 @@ from dagster._grpc.types import ExecuteStepArgs
 from dagster_k8s.client import DagsterKubernetesClient
 from kubernetes.client import ApiClient, V1Job
 
+from earthsnap_assets.cluster import DEFAULT_GPU_NODE_SELECTOR
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 K8S_MODULE = "earthsnap_assets.k8s_definitions"
 NAMESPACE = "earthsnap"
+GPU = "nvidia.com/gpu"
+# Tuning and training: the steps that must land on GPU nodes, and the only ones.
+GPU_STEPS = {"parent_hyperparams", "parent_model", "child_hyperparams", "child_model", "flat_baseline_model"}
 KUBECONFIG = """apiVersion: v1
 kind: Config
 clusters: [{name: none, cluster: {server: "https://127.0.0.1:1"}}]
@@ -131,3 +136,19 @@ def pod_placement(job: V1Job) -> tuple[dict[str, str], dict[str, str], dict[str,
         spec.get("nodeSelector") or {},
         spec.get("tolerations") or [],
     )
+
+
+def assert_gpu_pod(job: V1Job) -> None:
+    """One GPU, on the default GPU nodes, tolerating their taint."""
+    requests, limits, selector, tolerations = pod_placement(job)
+    assert requests[GPU] == limits[GPU] == "1"
+    assert selector == DEFAULT_GPU_NODE_SELECTOR
+    assert any(t["key"] == GPU and t["effect"] == "NoSchedule" for t in tolerations)
+
+
+def assert_plain_pod(job: V1Job) -> None:
+    """No GPU, no placement, the default step resources."""
+    requests, limits, selector, tolerations = pod_placement(job)
+    assert GPU not in requests and GPU not in limits
+    assert selector == {} and tolerations == []
+    assert requests["cpu"] == "1" and requests["memory"] == "2Gi"  # the default step resources

@@ -251,62 +251,62 @@ def _container(container_config: Mapping[str, Any]) -> dict[str, Any]:
     return ApiClient().sanitize_for_serialization(model)
 
 
+CORE = "io.k8s.api.core.v1"
+# List-valued Kubernetes settings the chart takes in several places, and their item types.
+LISTED = {
+    "envConfigMaps": "ConfigMapEnvSource",
+    "envSecrets": "SecretEnvSource",
+    "volumes": "Volume",
+    "volumeMounts": "VolumeMount",
+}
+
+
+def listed_fragments(where: str, section: Mapping[str, Any], required: tuple[str, ...] = ()) -> Iterator[tuple]:
+    """Each item of the LISTED settings of `section` (the `required` ones must be there) with its definition."""
+    for field, kind in LISTED.items():
+        items = section[field] if field in required else section.get(field) or []
+        for i, item in enumerate(items):
+            yield f"{where}.{field}[{i}]", item, f"{CORE}.{kind}"
+
+
 def kubernetes_fragments(values: Mapping[str, Any]) -> Iterator[tuple[str, Any, str]]:
     """(where, fragment, Kubernetes definition) for every piece of Kubernetes in the values.
 
     A fragment that must first be converted (dagster-k8s's snake_case config, the GPU variables) is a callable that
     returns it, so that a conversion error fails its own test instead of the collection of the module.
     """
-    core = "io.k8s.api.core.v1"
     for component in ("dagsterWebserver", "dagsterDaemon"):
         spec = values[component]
-        yield f"{component}.resources", spec["resources"], f"{core}.ResourceRequirements"
-        yield f"{component}.podSecurityContext", spec["podSecurityContext"], f"{core}.PodSecurityContext"
-        yield f"{component}.securityContext", spec["securityContext"], f"{core}.SecurityContext"
+        yield f"{component}.resources", spec["resources"], f"{CORE}.ResourceRequirements"
+        yield f"{component}.podSecurityContext", spec["podSecurityContext"], f"{CORE}.PodSecurityContext"
+        yield f"{component}.securityContext", spec["securityContext"], f"{CORE}.SecurityContext"
         for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
             if probe in spec:
-                yield f"{component}.{probe}", _probe(spec[probe]), f"{core}.Probe"
-        for i, ref in enumerate(spec.get("envConfigMaps") or []):
-            yield f"{component}.envConfigMaps[{i}]", ref, f"{core}.ConfigMapEnvSource"
-        for i, ref in enumerate(spec.get("envSecrets") or []):
-            yield f"{component}.envSecrets[{i}]", ref, f"{core}.SecretEnvSource"
+                yield f"{component}.{probe}", _probe(spec[probe]), f"{CORE}.Probe"
+        yield from listed_fragments(component, spec)
 
     deployment = user_deployment(values)
     where = f"user-deployments.{deployment['name']}"
-    yield f"{where}.resources", deployment["resources"], f"{core}.ResourceRequirements"
-    yield f"{where}.podSecurityContext", deployment["podSecurityContext"], f"{core}.PodSecurityContext"
-    yield f"{where}.securityContext", deployment["securityContext"], f"{core}.SecurityContext"
+    yield f"{where}.resources", deployment["resources"], f"{CORE}.ResourceRequirements"
+    yield f"{where}.podSecurityContext", deployment["podSecurityContext"], f"{CORE}.PodSecurityContext"
+    yield f"{where}.securityContext", deployment["securityContext"], f"{CORE}.SecurityContext"
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-        yield f"{where}.{probe}", _probe(deployment[probe]), f"{core}.Probe"
+        yield f"{where}.{probe}", _probe(deployment[probe]), f"{CORE}.Probe"
     for i, var in enumerate(deployment["env"]):
-        yield f"{where}.env[{i}]", var, f"{core}.EnvVar"
-    for i, ref in enumerate(deployment["envConfigMaps"]):
-        yield f"{where}.envConfigMaps[{i}]", ref, f"{core}.ConfigMapEnvSource"
-    for i, ref in enumerate(deployment["envSecrets"]):
-        yield f"{where}.envSecrets[{i}]", ref, f"{core}.SecretEnvSource"
-    for i, volume in enumerate(deployment.get("volumes") or []):
-        yield f"{where}.volumes[{i}]", volume, f"{core}.Volume"
-    for i, mount in enumerate(deployment.get("volumeMounts") or []):
-        yield f"{where}.volumeMounts[{i}]", mount, f"{core}.VolumeMount"
+        yield f"{where}.env[{i}]", var, f"{CORE}.EnvVar"
+    yield from listed_fragments(where, deployment, required=("envConfigMaps", "envSecrets"))
     yield f"{where}.labels", {"labels": deployment["labels"]}, "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
 
     launcher = k8s_launcher(values)
-    yield "runLauncher.securityContext", launcher["securityContext"], f"{core}.SecurityContext"
-    for i, ref in enumerate(launcher["envConfigMaps"]):
-        yield f"runLauncher.envConfigMaps[{i}]", ref, f"{core}.ConfigMapEnvSource"
-    for i, ref in enumerate(launcher["envSecrets"]):
-        yield f"runLauncher.envSecrets[{i}]", ref, f"{core}.SecretEnvSource"
-    for i, volume in enumerate(launcher.get("volumes") or []):
-        yield f"runLauncher.volumes[{i}]", volume, f"{core}.Volume"
-    for i, mount in enumerate(launcher.get("volumeMounts") or []):
-        yield f"runLauncher.volumeMounts[{i}]", mount, f"{core}.VolumeMount"
+    yield "runLauncher.securityContext", launcher["securityContext"], f"{CORE}.SecurityContext"
+    yield from listed_fragments("runLauncher", launcher, required=("envConfigMaps", "envSecrets"))
     yield "runLauncher.labels", {"labels": launcher["labels"]}, "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
     run_k8s = launcher["runK8sConfig"]
-    yield "runLauncher.runK8sConfig.podSpecConfig", lambda: _pod_spec(run_k8s["podSpecConfig"]), f"{core}.PodSpec"
+    yield "runLauncher.runK8sConfig.podSpecConfig", lambda: _pod_spec(run_k8s["podSpecConfig"]), f"{CORE}.PodSpec"
     yield (
         "runLauncher.runK8sConfig.containerConfig",
         lambda: _container(run_k8s["containerConfig"]),
-        f"{core}.Container",
+        f"{CORE}.Container",
     )
 
     # The placement the GPU variables give the training steps (as dagster-k8s applies them to a step pod).
@@ -316,16 +316,16 @@ def kubernetes_fragments(values: Mapping[str, Any]) -> Iterator[tuple[str, Any, 
     def gpu(key: str) -> dict[str, Any]:
         return cluster().gpu_step_k8s_config()[key]
 
-    yield "GPU step pod_spec_config", lambda: _pod_spec(gpu("pod_spec_config")), f"{core}.PodSpec"
-    yield "GPU step container_config", lambda: _container(gpu("container_config")), f"{core}.Container"
-    yield "GPU step nodeSelector", lambda: _pod_spec({"node_selector": cluster().gpu_node_selector}), f"{core}.PodSpec"
+    yield "GPU step pod_spec_config", lambda: _pod_spec(gpu("pod_spec_config")), f"{CORE}.PodSpec"
+    yield "GPU step container_config", lambda: _container(gpu("container_config")), f"{CORE}.Container"
+    yield "GPU step nodeSelector", lambda: _pod_spec({"node_selector": cluster().gpu_node_selector}), f"{CORE}.PodSpec"
     try:
         tolerations = len(ClusterConfig.from_env(env_of(deployment)).gpu_tolerations)
     except ValueError:  # malformed: let the first toleration's test report it
         tolerations = 1
     for i in range(tolerations):
-        yield f"EARTHSNAP_GPU_TOLERATIONS[{i}]", lambda i=i: cluster().gpu_tolerations[i], f"{core}.Toleration"
-    yield "EARTHSNAP_STEP_RESOURCES", lambda: cluster().step_resources, f"{core}.ResourceRequirements"
+        yield f"EARTHSNAP_GPU_TOLERATIONS[{i}]", lambda i=i: cluster().gpu_tolerations[i], f"{CORE}.Toleration"
+    yield "EARTHSNAP_STEP_RESOURCES", lambda: cluster().step_resources, f"{CORE}.ResourceRequirements"
 
 
 FRAGMENTS = [

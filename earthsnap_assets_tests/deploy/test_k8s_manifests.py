@@ -24,8 +24,10 @@ import yaml
 from earthsnap_assets.settings import Settings
 from earthsnap_assets_tests.deploy.k8s_schema import (
     K8S_VERSIONS,
+    VAR_REF,
     ManifestError,
     describe,
+    expand_vars,
     k8s_documents,
     validate_fragment,
     validate_manifest,
@@ -53,7 +55,6 @@ SECRET_KEYS = {
 }
 # Where a library reads the non-EARTHSNAP variables of the ConfigMap: (package, file that names them).
 READERS = {"MLFLOW_": ("mlflow", "environment_variables.py"), "AWS_": ("botocore", "configprovider.py")}
-VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
 # --- loading -----------------------------------------------------------------------------------------
@@ -133,7 +134,7 @@ def expand(args: list[str], container: dict[str, Any]) -> list[str]:
             values[name] = objects("ConfigMap")[ref["name"]]["data"][ref["key"]]
         else:
             values[name] = f"<{name}>"  # a Secret or a resource field: only its presence matters here
-    return [VAR_REF.sub(lambda m: values[m.group(1)], arg) for arg in args]
+    return expand_vars(args, values)
 
 
 def quantity(value: str | int | float) -> float:

@@ -16,11 +16,15 @@ from dagster._core.storage.tags import AUTOMATION_CONDITION_TAG, BACKFILL_ID_TAG
 
 from earthsnap_assets_tests.deploy import launch_paths_location as location
 from earthsnap_assets_tests.deploy.production_dagster import ProductionDagster, graphql, launch, production_dagster
-from earthsnap_assets_tests.deploy.step_pods import k8s_run_launcher_overrides, pod_placement, step_jobs
+from earthsnap_assets_tests.deploy.step_pods import (
+    GPU_STEPS,
+    assert_gpu_pod,
+    assert_plain_pod,
+    k8s_run_launcher_overrides,
+    step_jobs,
+)
 
 pytestmark = pytest.mark.stack
-GPU = "nvidia.com/gpu"
-GPU_STEPS = {"parent_hyperparams", "parent_model", "child_hyperparams", "child_model", "flat_baseline_model"}
 PARTITIONS = ["beetles", "ferns"]
 WAIT_S = 240.0
 
@@ -92,12 +96,7 @@ def test_gpu_steps_get_their_gpu_node_whatever_launched_the_run(path, launched, 
         gpu_steps = {key for key in jobs if key.split("[")[0] in GPU_STEPS}
         assert gpu_steps, f"{path} run {run.run_id} has no GPU step: {sorted(jobs)}"
         for key, job in jobs.items():
-            requests, limits, selector, tolerations = pod_placement(job)
-            if key in gpu_steps:
-                assert requests.get(GPU) == limits.get(GPU) == "1", (path, key)
-                assert selector and tolerations, (path, key)
-            else:
-                assert GPU not in requests and not selector and not tolerations, (path, key)
+            (assert_gpu_pod if key in gpu_steps else assert_plain_pod)(job)
 
 
 def test_the_backfill_made_one_run_per_species_group(launched):

@@ -10,20 +10,22 @@ import kubernetes_validate
 import pytest
 from dagster._core.test_utils import create_run_for_test
 
-from earthsnap_assets.cluster import DEFAULT_GPU_NODE_SELECTOR, ClusterConfig
+from earthsnap_assets.cluster import ClusterConfig
 from earthsnap_assets.definitions import build_definitions
 from earthsnap_assets.k8s_definitions import cluster_executor
 from earthsnap_assets_tests.deploy.step_pods import (
+    GPU,
+    GPU_STEPS,
     NAMESPACE,
     as_manifest,
+    assert_gpu_pod,
+    assert_plain_pod,
     k8s_run_launcher_overrides,
     pod_placement,
     reconstructable_job,
     step_jobs,
 )
 
-GPU = "nvidia.com/gpu"
-GPU_STEPS = {"parent_hyperparams", "parent_model", "child_hyperparams", "child_model", "flat_baseline_model"}
 K8S_VERSION = "1.33"
 
 
@@ -41,20 +43,6 @@ def run_of(instance: dg.DagsterInstance, job_name: str, *assets: str, partition:
     return create_run_for_test(
         instance, job_name=job_name, tags=tags, asset_selection=selection, job_code_origin=recon.get_python_origin()
     )
-
-
-def assert_gpu_pod(job) -> None:
-    requests, limits, selector, tolerations = pod_placement(job)
-    assert requests[GPU] == limits[GPU] == "1"
-    assert selector == DEFAULT_GPU_NODE_SELECTOR
-    assert any(t["key"] == GPU and t["effect"] == "NoSchedule" for t in tolerations)
-
-
-def assert_plain_pod(job) -> None:
-    requests, limits, selector, tolerations = pod_placement(job)
-    assert GPU not in requests and GPU not in limits
-    assert selector == {} and tolerations == []
-    assert requests["cpu"] == "1" and requests["memory"] == "2Gi"  # the default step resources
 
 
 def test_parent_training_puts_tuning_and_training_on_gpu_nodes_and_evaluation_elsewhere(k8s_instance):
