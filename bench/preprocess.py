@@ -42,9 +42,9 @@ from earthsnap_assets.ml.dataset_build import build_dataset
 from earthsnap_assets.ml.manifest import RawObject
 from earthsnap_assets.ml.preprocessing import PreprocessConfig
 from earthsnap_assets.ml.quality import QualityRules
-from earthsnap_assets.ml.splits import SplitConfig
-from earthsnap_assets.ml.storage import Blobs, MemoryBlobs
-from earthsnap_assets.ml.taxonomy import Taxonomy
+from earthsnap_assets.lake.splits import SplitConfig
+from earthsnap_assets.lake.storage import Blobs, MemoryBlobs
+from earthsnap_assets.lake.taxonomy import Taxonomy
 from earthsnap_assets.ml.validation import validate
 
 PREFIX = "images/"
@@ -72,7 +72,7 @@ class Photos:
 
 
 def _render_jpeg(index: int, species: str, seed: int, quality: int) -> bytes:
-    from earthsnap_assets.ml.synthetic import render_image
+    from earthsnap_assets.demo.synthetic import render_image
 
     image = render_image(species, np.random.default_rng([seed, index]), PHOTO_SIZE)
     assert image.size == PHOTO_SIZE, image.size
@@ -90,7 +90,7 @@ def generate(start: int, count: int, *, seed: int, quality: int, workers: int) -
 
     Drawn in a *spawn* pool so the forkserver the pipeline uses is still cold when the timing starts.
     """
-    from earthsnap_assets.ml.synthetic import SyntheticSpec, species_table
+    from earthsnap_assets.demo.synthetic import SyntheticSpec, species_table
 
     rows = species_table(SyntheticSpec())
     taxonomy = Taxonomy({slug: group for slug, group, _ in sorted(rows)})

@@ -93,7 +93,7 @@ def bench_stack() -> Iterator[Settings]:
 
 def hierarchy(groups: int, species_per_group: int) -> dict[str, list[str]]:
     """group -> species of the synthetic taxonomy (the real drawing families and species names)."""
-    from earthsnap_assets.ml.synthetic import SyntheticSpec, species_table
+    from earthsnap_assets.demo.synthetic import SyntheticSpec, species_table
 
     table: dict[str, list[str]] = {}
     for slug, group, _ in species_table(SyntheticSpec(groups=groups, species_per_group=species_per_group)):
@@ -145,7 +145,7 @@ def register_hierarchy(
 
 
 def _render_jpeg(args: tuple[int, str, int, int]) -> bytes:
-    from earthsnap_assets.ml.synthetic import render_image
+    from earthsnap_assets.demo.synthetic import render_image
 
     index, species, seed, quality = args
     buffer = io.BytesIO()

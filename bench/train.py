@@ -50,9 +50,9 @@ from earthsnap_assets.ml.device import to_device_batch
 from earthsnap_assets.ml.manifest import RawObject
 from earthsnap_assets.ml.preprocessing import PreprocessConfig
 from earthsnap_assets.ml.quality import QualityRules
-from earthsnap_assets.ml.splits import SplitConfig
-from earthsnap_assets.ml.storage import Blobs, MemoryBlobs
-from earthsnap_assets.ml.taxonomy import Taxonomy
+from earthsnap_assets.lake.splits import SplitConfig
+from earthsnap_assets.lake.storage import Blobs, MemoryBlobs
+from earthsnap_assets.lake.taxonomy import Taxonomy
 from earthsnap_assets.ml.train import TrainConfig, _epoch_batches, epoch_seed, steps_per_epoch, train_classifier
 from earthsnap_assets.ml.transforms import augment_batch, to_model_input
 from earthsnap_assets.ml.validation import validate
@@ -89,7 +89,7 @@ def repeat(measure: Callable[[], dict], rounds: int) -> dict:
 
 
 def _render_jpeg(job: tuple[int, str, int, int, int]) -> bytes:
-    from earthsnap_assets.ml.synthetic import render_image
+    from earthsnap_assets.demo.synthetic import render_image
 
     index, species, seed, width, height = job
     buffer = io.BytesIO()
@@ -99,7 +99,7 @@ def _render_jpeg(job: tuple[int, str, int, int, int]) -> bytes:
 
 def generate(n: int, photo_size: tuple[int, int], seed: int, workers: int) -> tuple[dict[str, bytes], Taxonomy]:
     """N JPEGs drawn by `synthetic.render_image`, species round-robin over the default 4 groups x 3 species."""
-    from earthsnap_assets.ml.synthetic import SyntheticSpec, species_table
+    from earthsnap_assets.demo.synthetic import SyntheticSpec, species_table
 
     rows = species_table(SyntheticSpec())
     taxonomy = Taxonomy({slug: group for slug, group, _ in sorted(rows)})

@@ -37,7 +37,7 @@ def _mount_subcommands() -> None:
 @click.option("--upload/--no-upload", default=True, show_default=True, help="ingest into the raw bucket")
 def demo_data(out: Path | None, images_per_species: int, seed: int, upload: bool) -> None:
     """Generate the synthetic hierarchical dataset (with a few bad files) and upload it."""
-    from earthsnap_assets.ml.synthetic import SyntheticSpec, generate_dataset
+    from earthsnap_assets.demo.synthetic import SyntheticSpec, generate_dataset
 
     settings = _settings()
     if out is None:  # our own folder of generated data: drawn again (deterministically) on every run
@@ -69,7 +69,7 @@ def _ingest(root: Path, taxonomy_csv: Path) -> None:
 @click.option("--taxonomy", "taxonomy_csv", required=True, type=click.Path(exists=True, path_type=Path))
 def ingest_command(directory: Path, taxonomy_csv: Path) -> None:
     """Upload DIRECTORY/<species>/<files> and the taxonomy CSV; unchanged objects are skipped."""
-    from earthsnap_assets.ml.taxonomy import TaxonomyError
+    from earthsnap_assets.lake.taxonomy import TaxonomyError
 
     try:
         _ingest(directory, taxonomy_csv)

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from earthsnap_assets.ml.taxonomy import Taxonomy, parse_taxonomy
+from earthsnap_assets.lake.taxonomy import Taxonomy, parse_taxonomy
 from earthsnap_assets.resources.object_store import ObjectStore
 
 IMAGES_PREFIX = "images/"

@@ -4,56 +4,72 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from earthsnap_assets.ml.hashing import fingerprint
-from earthsnap_assets.ml.manifest import RawObject
-
 
 @dataclass(frozen=True)
-class RawListing:
-    """What is under the raw prefix at one moment, and a hash of it (its data version)."""
+class GroupObjectsRef:
+    """A group's object table after intake: its state hash (the asset's data version) and counts."""
 
+    group: str
     bucket: str
-    prefix: str
-    objects: tuple[RawObject, ...]
-    taxonomy_key: str
-    taxonomy_etag: str | None
-
-    @property
-    def listing_hash(self) -> str:
-        rows = [(o.key, o.etag) for o in self.objects] + [(self.taxonomy_key, self.taxonomy_etag or "")]
-        return fingerprint(rows)
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(o.size for o in self.objects)
+    state_hash: str
+    counts: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class ManifestRef:
-    dataset_version: str
+    """A group's validated manifest: its group version and where its segment and QA report are."""
+
+    group: str
+    group_version: str
     bucket: str
-    prefix: str
+    segment_key: str
+    report_key: str
     accepted: int
     rejected: int
 
     @property
     def uri(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix}manifest.json"
+        return f"s3://{self.bucket}/{self.segment_key}"
+
+
+@dataclass(frozen=True)
+class VersionRef:
+    """A dataset version: the fan-in of every group's manifest."""
+
+    dataset_version: str
+    bucket: str
+    manifest_key: str
+    groups: dict[str, str] = field(default_factory=dict)  # group -> group version
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.manifest_key}"
 
 
 @dataclass(frozen=True)
 class DatasetRef:
-    dataset_version: str
+    """A training index: one group's layout (children) or the parent's sample of every group.
+
+    `data_version` is what a model trained on it records: a group version (gv-...) for a group, the
+    dataset version (dv-...) the sample was committed at for the sample.
+    """
+
+    data_version: str
     layout_id: str
     bucket: str
-    prefix: str
+    index_key: str
     image_size: int
-    counts: dict[str, dict[str, int]] = field(default_factory=dict)
-    labels: dict = field(default_factory=dict)
+    labels: dict[str, list[str]] = field(default_factory=dict)  # group -> species
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> species -> rows
+    group: str | None = None  # None: the parent's sample
 
     @property
     def uri(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix}dataset.json"
+        return f"s3://{self.bucket}/{self.index_key}"
+
+    @property
+    def dataset_version(self) -> str:
+        return self.data_version
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,8 @@ class Settings:
       EARTHSNAP_STAGING_PORT [8101], EARTHSNAP_PRODUCTION_PORT [8102] (serving); EARTHSNAP_STAGING_URL,
       EARTHSNAP_PRODUCTION_URL [http://127.0.0.1:<port>]
       EARTHSNAP_WEED_MASTER_PORT [9333], EARTHSNAP_WEED_VOLUME_PORT [8380], EARTHSNAP_WEED_FILER_PORT [8888]
+      EARTHSNAP_RAW_EVENTS [filer://127.0.0.1:<filer port>]: where raw-bucket change events come from;
+        on AWS the URL of the SQS queue that the raw bucket's S3 Event Notifications feed
     """
 
     home: Path
@@ -96,6 +98,10 @@ class Settings:
     def endpoint_url(self, env: str) -> str:
         """Base URL of a serving environment: EARTHSNAP_<ENV>_URL or the local port."""
         return self.env.get(f"EARTHSNAP_{env.upper()}_URL") or f"http://127.0.0.1:{self.endpoint_port(env)}"
+
+    @property
+    def raw_events_url(self) -> str:
+        return self.env.get("EARTHSNAP_RAW_EVENTS") or f"filer://127.0.0.1:{self.weed_filer_port}"
 
     @property
     def buckets(self) -> tuple[str, str, str]:

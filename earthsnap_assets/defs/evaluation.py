@@ -4,17 +4,18 @@ import base64
 
 import dagster as dg
 
+from earthsnap_assets.defs.automation import retrain_on_data_change
 from earthsnap_assets.defs.partitions import species_group
-from earthsnap_assets.ml.data import load_index
 from earthsnap_assets.ml.evaluate import report_markdown
 from earthsnap_assets.pipeline.evaluation import comparison_markdown, evaluate_hierarchy, evaluate_model
+from earthsnap_assets.pipeline.tasks import index_of
 from earthsnap_assets.refs import DatasetRef, EvaluationRef, ModelRef
 from earthsnap_assets.resources.mlflow_registry import MlflowRegistry
 from earthsnap_assets.resources.object_store import ObjectStore
 
 
-def _evaluate(store, registry, dataset_splits: DatasetRef, model: ModelRef) -> dg.Output[EvaluationRef]:
-    index = load_index(store, dataset_splits.bucket, dataset_splits.prefix)
+def _evaluate(store, registry, data: DatasetRef, model: ModelRef) -> dg.Output[EvaluationRef]:
+    index = index_of(store, data)
     result = evaluate_model(store, registry, index, model)
     headline = result.report.headline()
     metadata = {
@@ -29,15 +30,20 @@ def _evaluate(store, registry, dataset_splits: DatasetRef, model: ModelRef) -> d
     return dg.Output(EvaluationRef(model.task, model.group, model.run_id, headline), metadata=metadata)
 
 
-@dg.asset(group_name="evaluation", kinds={"mlflow"})
+@dg.asset(group_name="evaluation", kinds={"mlflow"}, automation_condition=retrain_on_data_change())
 def parent_evaluation(
-    store: ObjectStore, registry: MlflowRegistry, dataset_splits: DatasetRef, parent_model: ModelRef
+    store: ObjectStore, registry: MlflowRegistry, parent_sample: DatasetRef, parent_model: ModelRef
 ) -> dg.Output[EvaluationRef]:
     """Accuracy, top-k, macro-F1, per-class scores, confusion matrix, calibration and latency of the parent."""
-    return _evaluate(store, registry, dataset_splits, parent_model)
+    return _evaluate(store, registry, parent_sample, parent_model)
 
 
-@dg.asset(group_name="evaluation", partitions_def=species_group, kinds={"mlflow"})
+@dg.asset(
+    group_name="evaluation",
+    partitions_def=species_group,
+    kinds={"mlflow"},
+    automation_condition=retrain_on_data_change(),
+)
 def child_evaluation(
     store: ObjectStore, registry: MlflowRegistry, dataset_splits: DatasetRef, child_model: ModelRef
 ) -> dg.Output[EvaluationRef]:
@@ -49,13 +55,13 @@ def child_evaluation(
 def hierarchical_evaluation(
     store: ObjectStore,
     registry: MlflowRegistry,
-    dataset_splits: DatasetRef,
+    parent_sample: DatasetRef,
     parent_model: ModelRef,
     child_model: dict[str, ModelRef],
     flat_baseline_model: ModelRef,
 ) -> dg.MaterializeResult:
-    """Parent -> child accuracy on the whole test split, routing vs within-group errors, vs the flat model."""
-    index = load_index(store, dataset_splits.bucket, dataset_splits.prefix)
+    """Parent -> child accuracy on the sample's test split, routing vs within-group errors, vs the flat model."""
+    index = index_of(store, parent_sample)
     missing = [g for g in index.groups if g not in child_model]
     if missing:
         raise dg.Failure(f"no child model for groups {missing}: materialize child_model for those partitions first")

@@ -1,17 +1,31 @@
-"""Jobs users launch from the UI, the CLI or the GraphQL API."""
+"""Jobs users launch from the UI, the CLI or the GraphQL API (automation needs none of them)."""
 
 import dagster as dg
 
 from earthsnap_assets.defs.compute import COMPUTE_TAG
+from earthsnap_assets.defs.partitions import species_group
 
 # Run-level tag of the training jobs, for the run queue's limit on GPU runs (deploy/dagster.yaml). The
 # GPU request itself is on the ops: runs started from the UI or by automation have no job tags.
 GPU_RUN_TAGS = {COMPUTE_TAG: "gpu"}
 
+taxonomy_job = dg.define_asset_job(
+    "taxonomy_update",
+    selection=dg.AssetSelection.assets("taxonomy"),
+    description="Parse taxonomy.csv and keep the species_group partitions in step with it.",
+)
+
 data_job = dg.define_asset_job(
     "data_pipeline",
-    selection=dg.AssetSelection.groups("data"),
-    description="List raw images, validate them into a versioned manifest, build shards and splits.",
+    selection=dg.AssetSelection.assets("raw_images", "validated_manifest", "dataset_splits"),
+    partitions_def=species_group,
+    description="One species group's data: intake (QA + preprocessing), validated manifest, training shards.",
+)
+
+dataset_job = dg.define_asset_job(
+    "dataset_release",
+    selection=dg.AssetSelection.assets("dataset_version", "parent_sample"),
+    description="Fan-in over the groups: the dataset version and the parent's balanced sample.",
 )
 
 parent_job = dg.define_asset_job(
@@ -24,6 +38,7 @@ parent_job = dg.define_asset_job(
 child_job = dg.define_asset_job(
     "child_training",
     selection=dg.AssetSelection.assets("child_hyperparams", "child_model", "child_evaluation", "registered_child"),
+    partitions_def=species_group,
     description="Tune, train, evaluate and register one species group's child model (a partition).",
     tags=GPU_RUN_TAGS,
 )
@@ -33,4 +48,12 @@ hierarchy_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets("flat_baseline_model", "hierarchical_evaluation"),
     description="Train the flat baseline and compare it with the hierarchy end to end.",
     tags=GPU_RUN_TAGS,
+)
+
+hierarchy_schedule = dg.ScheduleDefinition(
+    name="daily_hierarchy_report",
+    job=hierarchy_job,
+    cron_schedule="0 6 * * *",
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+    description="The end-to-end comparison once a day, after the night's retraining.",
 )

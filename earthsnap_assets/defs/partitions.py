@@ -1,17 +1,15 @@
-"""Species groups as dynamic partitions: a new group in the taxonomy adds a partition."""
-
-import re
+"""Species groups as dynamic partitions, kept in step with the taxonomy: a new group adds a partition."""
 
 import dagster as dg
 
-species_group = dg.DynamicPartitionsDefinition(name="species_group")
+from earthsnap_assets.lake.taxonomy import SLUG
 
-_KEY = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+species_group = dg.DynamicPartitionsDefinition(name="species_group")
 
 
 def add_new_groups(instance: dg.DagsterInstance, groups: list[str]) -> list[str]:
     """Register partitions for groups not seen before; keys are slugs (no commas or slashes)."""
-    bad = [g for g in groups if not _KEY.match(g)]
+    bad = [g for g in groups if not SLUG.match(g)]
     if bad:
         raise ValueError(f"species group names must be slugs to be partition keys: {bad}")
     existing = set(instance.get_dynamic_partitions(species_group.name))
@@ -19,3 +17,12 @@ def add_new_groups(instance: dg.DagsterInstance, groups: list[str]) -> list[str]
     if new:
         instance.add_dynamic_partitions(species_group.name, new)
     return new
+
+
+def sync_groups(instance: dg.DagsterInstance, groups: list[str]) -> tuple[list[str], list[str]]:
+    """Partitions = the taxonomy's groups: (added, removed). A removed group's history stays in the instance."""
+    added = add_new_groups(instance, groups)
+    removed = sorted(set(instance.get_dynamic_partitions(species_group.name)) - set(groups))
+    for group in removed:
+        instance.delete_dynamic_partition(species_group.name, group)
+    return added, removed

@@ -4,6 +4,7 @@ import json
 
 import dagster as dg
 
+from earthsnap_assets.defs.automation import retrain_on_data_change
 from earthsnap_assets.defs.partitions import species_group
 from earthsnap_assets.defs.settings import ChildGateConfig, GateConfig
 from earthsnap_assets.pipeline.registration import register
@@ -35,11 +36,11 @@ def _register(
     return dg.Output(value, metadata=metadata)
 
 
-@dg.asset(group_name="registry", kinds={"mlflow"})
+@dg.asset(group_name="registry", kinds={"mlflow"}, automation_condition=retrain_on_data_change())
 def registered_parent(
     config: GateConfig,
     registry: MlflowRegistry,
-    dataset_splits: DatasetRef,
+    parent_sample: DatasetRef,
     parent_model: ModelRef,
     parent_evaluation: EvaluationRef,
 ):
@@ -47,11 +48,16 @@ def registered_parent(
 
     It also carries `group_species` (JSON group -> species), so serving knows one-species groups.
     """
-    group_species = json.dumps(dataset_splits.labels["species"], sort_keys=True)
+    group_species = json.dumps(parent_sample.labels, sort_keys=True)
     return _register(registry, parent_model, parent_evaluation, config, {"group_species": group_species})
 
 
-@dg.asset(group_name="registry", partitions_def=species_group, kinds={"mlflow"})
+@dg.asset(
+    group_name="registry",
+    partitions_def=species_group,
+    kinds={"mlflow"},
+    automation_condition=retrain_on_data_change(),
+)
 def registered_child(
     config: ChildGateConfig, registry: MlflowRegistry, child_model: ModelRef, child_evaluation: EvaluationRef
 ):

@@ -2,18 +2,19 @@
 
 import dagster as dg
 
+from earthsnap_assets.defs.automation import retrain_on_data_change
 from earthsnap_assets.defs.compute import GPU_OP_TAGS, GPU_POOL
 from earthsnap_assets.defs.partitions import species_group
 from earthsnap_assets.defs.settings import ChildTrainingConfig, TrainingConfig
-from earthsnap_assets.ml.data import load_index
+from earthsnap_assets.pipeline.tasks import index_of
 from earthsnap_assets.pipeline.training import run_training
 from earthsnap_assets.refs import DatasetRef, ModelRef
 from earthsnap_assets.resources.mlflow_registry import MlflowRegistry
 from earthsnap_assets.resources.object_store import ObjectStore
 
 
-def _train(store, registry, dataset_splits: DatasetRef, kind, group, params: dict, config: TrainingConfig):
-    index = load_index(store, dataset_splits.bucket, dataset_splits.prefix)
+def _train(store, registry, data: DatasetRef, kind, group, params: dict, config: TrainingConfig):
+    index = index_of(store, data)
     per_class = config.per_class if kind == "parent" else None
     model = run_training(store, registry, index, kind, group, params, config.base(), per_class)
     metadata = {
@@ -34,20 +35,31 @@ def _train(store, registry, dataset_splits: DatasetRef, kind, group, params: dic
     return dg.Output(model, metadata=metadata)
 
 
-@dg.asset(group_name="training", pool=GPU_POOL, op_tags=GPU_OP_TAGS, kinds={"pytorch", "mlflow"})
+@dg.asset(
+    group_name="training",
+    pool=GPU_POOL,
+    op_tags=GPU_OP_TAGS,
+    kinds={"pytorch", "mlflow"},
+    automation_condition=retrain_on_data_change(),
+)
 def parent_model(
     config: TrainingConfig,
     store: ObjectStore,
     registry: MlflowRegistry,
-    dataset_splits: DatasetRef,
+    parent_sample: DatasetRef,
     parent_hyperparams: dict,
 ) -> dg.Output[ModelRef]:
-    """Routes a photo to its species group; trained on a per-group balanced sample of the train split."""
-    return _train(store, registry, dataset_splits, "parent", None, parent_hyperparams, config)
+    """Routes a photo to its species group; trained on the data side's balanced sample of every group."""
+    return _train(store, registry, parent_sample, "parent", None, parent_hyperparams, config)
 
 
 @dg.asset(
-    group_name="training", partitions_def=species_group, pool=GPU_POOL, op_tags=GPU_OP_TAGS, kinds={"pytorch", "mlflow"}
+    group_name="training",
+    partitions_def=species_group,
+    pool=GPU_POOL,
+    op_tags=GPU_OP_TAGS,
+    kinds={"pytorch", "mlflow"},
+    automation_condition=retrain_on_data_change(),
 )
 def child_model(
     context: dg.AssetExecutionContext,
@@ -66,8 +78,8 @@ def flat_baseline_model(
     config: TrainingConfig,
     store: ObjectStore,
     registry: MlflowRegistry,
-    dataset_splits: DatasetRef,
+    parent_sample: DatasetRef,
     parent_hyperparams: dict,
 ) -> dg.Output[ModelRef]:
-    """One network over every species with the parent's budget: what the hierarchy is measured against."""
-    return _train(store, registry, dataset_splits, "flat", None, parent_hyperparams, config)
+    """One network over every species with the parent's budget and data: what the hierarchy is measured against."""
+    return _train(store, registry, parent_sample, "flat", None, parent_hyperparams, config)

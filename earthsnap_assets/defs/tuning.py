@@ -2,29 +2,36 @@
 
 import dagster as dg
 
+from earthsnap_assets.defs.automation import retrain_on_data_change
 from earthsnap_assets.defs.compute import GPU_OP_TAGS, GPU_POOL
 from earthsnap_assets.defs.partitions import species_group
 from earthsnap_assets.defs.settings import ChildTuningConfig, TuningConfig
-from earthsnap_assets.ml.data import load_index
+from earthsnap_assets.pipeline.tasks import index_of
 from earthsnap_assets.pipeline.training import run_tuning
 from earthsnap_assets.refs import DatasetRef
 from earthsnap_assets.resources.mlflow_registry import MlflowRegistry
 from earthsnap_assets.resources.object_store import ObjectStore
 
 
-def _tune(store, registry, dataset_splits: DatasetRef, kind: str, group: str | None, config: TuningConfig):
-    index = load_index(store, dataset_splits.bucket, dataset_splits.prefix)
+def _tune(store, registry, data: DatasetRef, kind: str, group: str | None, config: TuningConfig):
+    index = index_of(store, data)
     best = run_tuning(
         store, registry, index, kind, group, config.space(), config.budget(), config.base(), config.subset_per_class
     )
     metadata = {k: v for k, v in best.items() if isinstance(v, int | float | str | bool)}
-    return dg.Output(best, metadata={**metadata, "dataset_version": dataset_splits.dataset_version})
+    return dg.Output(best, metadata={**metadata, "dataset_version": data.data_version})
 
 
-@dg.asset(group_name="training", pool=GPU_POOL, op_tags=GPU_OP_TAGS, kinds={"optuna", "mlflow"})
-def parent_hyperparams(config: TuningConfig, store: ObjectStore, registry: MlflowRegistry, dataset_splits: DatasetRef):
+@dg.asset(
+    group_name="training",
+    pool=GPU_POOL,
+    op_tags=GPU_OP_TAGS,
+    kinds={"optuna", "mlflow"},
+    automation_condition=retrain_on_data_change(),
+)
+def parent_hyperparams(config: TuningConfig, store: ObjectStore, registry: MlflowRegistry, parent_sample: DatasetRef):
     """Best backbone / learning rate / weight decay / epochs for the parent (routes photos to groups)."""
-    return _tune(store, registry, dataset_splits, "parent", None, config)
+    return _tune(store, registry, parent_sample, "parent", None, config)
 
 
 @dg.asset(
@@ -33,6 +40,7 @@ def parent_hyperparams(config: TuningConfig, store: ObjectStore, registry: Mlflo
     pool=GPU_POOL,
     op_tags=GPU_OP_TAGS,
     kinds={"optuna", "mlflow"},
+    automation_condition=retrain_on_data_change(),
 )
 def child_hyperparams(
     context: dg.AssetExecutionContext,

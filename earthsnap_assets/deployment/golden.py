@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from earthsnap_assets.deployment.stage_tests import GoldenImage
-from earthsnap_assets.ml.storage import Blobs, read_json
+from earthsnap_assets.lake.storage import Blobs, read_json
 
 
 def golden_set(

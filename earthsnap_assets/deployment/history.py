@@ -13,7 +13,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
-from earthsnap_assets.ml.storage import Blobs
+from earthsnap_assets.lake.storage import Blobs
 
 
 def now() -> str:

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import torch
 
-from earthsnap_assets.ml.storage import Blobs
+from earthsnap_assets.lake.storage import Blobs
 
 log = logging.getLogger(__name__)
 

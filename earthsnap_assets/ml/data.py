@@ -1,82 +1,90 @@
-"""Training data from a built dataset layout: the index, label tasks, in-memory splits and a shard stream.
+"""Training data from a training index: label tasks, in-memory splits and a shard stream.
 
-A layout (`datasets/<version>/<layout_id>/`) has one shard per (split, group, chunk), so the parent model
-reads every shard of a split while a child model reads only its group's shards. Small splits are loaded
-into memory (`load_split`); `ShardStream` streams shard by shard for data that does not fit.
+A training index is either one species group's layout (what a child reads: only that group's shards) or
+the parent's sample (a bounded, balanced sample of every group, built by the data side). Either way it is
+a small Parquet table of rows (sha256, key, species, group, split, shard, row) pointing into
+content-addressed uint8 shards; nothing here ever reads all the photos of the dataset.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from earthsnap_assets.ml.hashing import sha256_bytes
-from earthsnap_assets.ml.storage import Blobs, read_json, unpack_arrays
+from earthsnap_assets.lake.layouts import read_shard as read_lake_shard
+from earthsnap_assets.lake.storage import Blobs
+from earthsnap_assets.lake.tables import read_table
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class DatasetIndex:
-    """A parsed `dataset.json` plus the lake prefix its shard names are relative to."""
+    """The rows of one training index, the labels they use, and which data version they come from."""
 
-    prefix: str
-    raw: dict[str, Any]
-
-    @property
-    def dataset_version(self) -> str:
-        return self.raw["dataset_version"]
-
-    @property
-    def layout_id(self) -> str:
-        return self.raw["layout_id"]
+    table: pa.Table = field(repr=False)
+    image_size: int
+    labels: dict[str, list[str]]  # group -> species: the classes the models of this data know
+    dataset_version: str  # dv-... for the parent's sample, gv-... for a group
+    layout_id: str
+    source: str = ""  # lake key of the index
 
     @property
     def groups(self) -> list[str]:
-        return list(self.raw["labels"]["groups"])
-
-    @property
-    def image_size(self) -> int:
-        return int(self.raw["preprocess"]["image_size"])
+        return sorted(self.labels)
 
     def species_of(self, group: str) -> list[str]:
-        return list(self.raw["labels"]["species"][group])
+        return list(self.labels[group])
+
+    @cached_property
+    def _rows(self) -> list[dict[str, Any]]:
+        return self.table.to_pylist()
 
     def entries(self, split: str, group: str | None = None) -> list[dict[str, Any]]:
-        return [e for e in self.raw["entries"] if e["split"] == split and group in (None, e["group"])]
+        return [e for e in self._rows if e["split"] == split and group in (None, e["group"])]
 
     def shards(self, split: str, group: str | None = None) -> list[dict[str, Any]]:
-        return [s for s in self.raw["shards"] if s["split"] == split and group in (None, s["group"])]
+        """Shards holding rows of `split` (and `group`), in key order, with how many of their rows are used."""
+        counts: dict[tuple[str, str], int] = defaultdict(int)
+        for e in self.entries(split, group):
+            counts[(e["shard"], e["group"])] += 1
+        return [{"name": k, "group": g, "split": split, "count": n} for (k, g), n in sorted(counts.items())]
 
 
-def load_index(blobs: Blobs, bucket: str, prefix: str) -> DatasetIndex:
-    prefix = prefix if prefix.endswith("/") else prefix + "/"
-    raw = read_json(blobs, bucket, prefix + "dataset.json")
-    if raw is None:
-        raise FileNotFoundError(f"no dataset.json under s3://{bucket}/{prefix}")
-    return DatasetIndex(prefix, raw)
+def load_index(blobs: Blobs, bucket: str, key: str, *, image_size: int, labels: dict[str, list[str]],
+               dataset_version: str, layout_id: str) -> DatasetIndex:
+    """A training index as stored in the lake (its rows are small: no pixels)."""
+    return DatasetIndex(read_table(blobs, bucket, key), image_size, labels, dataset_version, layout_id, key)
 
 
 @dataclass(frozen=True)
 class LabelTask:
-    """What a model learns: its classes, and which group's shards it reads (None: every group)."""
+    """What a model learns: its classes, and which group's rows it reads (None: every group)."""
 
     name: str
     classes: tuple[str, ...]
     group: str | None
+    column: str = "species"  # the row field that is the label: "group" for the parent
+
+    @cached_property
+    def _position(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.classes)}
 
     def label_of(self, entry: dict[str, Any]) -> int:
-        return self.classes.index(entry["group"] if self.group is None else entry["species"])
+        return self._position[entry[self.column]]
 
 
 def parent_task(index: DatasetIndex) -> LabelTask:
-    return LabelTask("parent", tuple(index.groups), None)
+    return LabelTask("parent", tuple(index.groups), None, "group")
 
 
 def child_task(index: DatasetIndex, group: str) -> LabelTask:
@@ -103,25 +111,26 @@ def _labels_by_row(index: DatasetIndex, split: str, task: LabelTask) -> dict[tup
     return {(e["shard"], e["row"]): task.label_of(e) for e in index.entries(split, task.group)}
 
 
+def _rows_by_shard(index: DatasetIndex, split: str, task: LabelTask) -> dict[str, list[tuple[int, int]]]:
+    """shard -> (row, label) of the rows the task uses; a delta shard may hold rows no longer used."""
+    found: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for e in index.entries(split, task.group):
+        found[e["shard"]].append((e["row"], task.label_of(e)))
+    return dict(sorted(found.items()))
+
+
 def read_shard(blobs: Blobs, bucket: str, index: DatasetIndex, shard: dict[str, Any]) -> np.ndarray:
-    """One shard's pixels, checked against the hash and row count recorded in the index."""
-    data = blobs.read(bucket, index.prefix + shard["name"])
-    if sha256_bytes(data) != shard["sha256"]:
-        raise ValueError(f"shard {shard['name']} does not match its sha256 in dataset.json")
-    pixels = unpack_arrays(data)
-    if pixels.shape[0] != shard["count"]:
-        raise ValueError(f"shard {shard['name']} has {pixels.shape[0]} rows, dataset.json says {shard['count']}")
-    return pixels
+    """One shard's pixels, checked against the content hash in its key."""
+    return read_lake_shard(blobs, bucket, shard["name"])
 
 
 def load_split(blobs: Blobs, bucket: str, index: DatasetIndex, split: str, task: LabelTask) -> LabeledArrays:
-    """All rows of `split` for `task`, in shard order; reads only the shards of the task's group(s)."""
-    labels_of = _labels_by_row(index, split, task)
+    """The rows of `split` for `task`, shard by shard; reads only the shards those rows are in."""
     pixels, labels = [], []
-    for shard in index.shards(split, task.group):
-        array = read_shard(blobs, bucket, index, shard)
-        pixels.append(array)
-        labels.extend(labels_of[(shard["name"], row)] for row in range(array.shape[0]))
+    for shard, rows in _rows_by_shard(index, split, task).items():
+        array = read_lake_shard(blobs, bucket, shard)
+        pixels.append(array[[r for r, _ in rows]])
+        labels.extend(label for _, label in rows)
     size = index.image_size
     stacked = np.concatenate(pixels) if pixels else np.zeros((0, size, size, 3), np.uint8)
     return LabeledArrays(stacked, np.asarray(labels, dtype=np.int64), list(task.classes))
@@ -183,7 +192,7 @@ class ShardStream(IterableDataset):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return sum(s["count"] for s in self.index.shards(self.split, self.task.group))
+        return len(self.index.entries(self.split, self.task.group))
 
     def class_counts(self) -> np.ndarray:
         labels = list(_labels_by_row(self.index, self.split, self.task).values())
@@ -199,11 +208,11 @@ class ShardStream(IterableDataset):
         return shards[worker::workers], worker
 
     def _rows(self, shards: list[dict[str, Any]]) -> Iterator[tuple[np.ndarray, int]]:
-        labels_of = _labels_by_row(self.index, self.split, self.task)
+        rows_of = _rows_by_shard(self.index, self.split, self.task)
         for shard in shards:
-            array = read_shard(self.blobs, self.bucket, self.index, shard)
-            for row in range(array.shape[0]):
-                yield array[row], labels_of[(shard["name"], row)]
+            array = read_lake_shard(self.blobs, self.bucket, shard["name"])
+            for row, label in rows_of[shard["name"]]:
+                yield array[row], label
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
         shards, worker = self._my_shards()

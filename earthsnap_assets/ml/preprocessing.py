@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
-from earthsnap_assets.ml.hashing import fingerprint
+from earthsnap_assets.hashing import fingerprint
 
 # Formats we can decode with a bounded cost; others are rejected by QA before decoding.
 DECODABLE_FORMATS = ("JPEG", "PNG", "WEBP")
@@ -90,8 +90,12 @@ def resize_center_crop(image: Image.Image, size: int, resample: str = "bicubic")
     return resized.crop((left, top, left + size, top + size))
 
 
+def model_pixels(image: Image.Image, config: PreprocessConfig) -> np.ndarray:
+    """A decoded image -> `image_size` x `image_size` x 3 uint8 array (the model's view of it)."""
+    return np.asarray(resize_center_crop(to_rgb(image), config.image_size, config.resample), dtype=np.uint8)
+
+
 def load_image_array(data: bytes, config: PreprocessConfig | None = None) -> np.ndarray:
-    """Bytes of a photo -> `image_size` x `image_size` x 3 uint8 array (the model's view of it)."""
+    """Bytes of a photo -> the model's pixels: the one preprocessing path of training and serving."""
     config = config or PreprocessConfig()
-    image = to_rgb(decode(data, min_side=config.image_size))
-    return np.asarray(resize_center_crop(image, config.image_size, config.resample), dtype=np.uint8)
+    return model_pixels(decode(data, min_side=config.image_size), config)

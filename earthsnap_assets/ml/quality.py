@@ -13,8 +13,8 @@ from pathlib import PurePosixPath
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
-from earthsnap_assets.ml.hashing import fingerprint, sha256_bytes
-from earthsnap_assets.ml.preprocessing import decode, open_header, to_rgb
+from earthsnap_assets.hashing import fingerprint, sha256_bytes
+from earthsnap_assets.ml.preprocessing import PreprocessConfig, decode, model_pixels, open_header, to_rgb
 
 EXTENSIONS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"}
 
@@ -37,10 +37,10 @@ class QualityRules:
     def object_fingerprint(self) -> str:
         """Identity of the rules `inspect_image` applies; names the per-object result cache."""
         per_object = {k: v for k, v in asdict(self).items() if k in ("min_side", "max_pixels", "allowed_formats")}
-        return fingerprint({"object_rules": per_object, "rules_code": 1})
+        return fingerprint({"object_rules": per_object, "rules_code": 2})
 
     def fingerprint(self) -> str:
-        return fingerprint({"rules": asdict(self), "rules_code": 1})
+        return fingerprint({"rules": asdict(self), "rules_code": 2})
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,53 @@ def dhash(image: Image.Image) -> str:
 
 def inspect_image(data: bytes, key: str, rules: QualityRules) -> ImageCheck:
     """Apply every per-object rule, cheapest first; never decode pixels of an oversized image."""
+    return _inspect(data, key, rules, None)[0]
+
+
+def inspect_and_preprocess(
+    data: bytes, key: str, rules: QualityRules, preprocess: PreprocessConfig
+) -> tuple[ImageCheck, np.ndarray | None]:
+    """QA and the model's pixels from one decode: what intake does for every new object.
+
+    The pixels are exactly `load_image_array(data, preprocess)` (same draft scale, same conversion), the
+    function the endpoint calls on an upload, so training and serving see a photo the same way.
+    """
+    return _inspect(data, key, rules, preprocess)
+
+
+def _inspect(
+    data: bytes, key: str, rules: QualityRules, preprocess: PreprocessConfig | None
+) -> tuple[ImageCheck, np.ndarray | None]:
+    check = _header_rules(data, key, rules)
+    if isinstance(check, ImageCheck):
+        return check, None
+    header, known = check
+    width, height = header.size
+    try:
+        image = decode(data, min_side=preprocess.image_size if preprocess else 32)
+        fingerprint_hash = dhash(image)
+        pixels = model_pixels(image, preprocess) if preprocess else None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        return _reject(data, "corrupt", f"does not decode fully: {exc}", **known), None
+    if known["format"] == "JPEG":  # draft decoding may round both sides to one size: read the tag exif_transpose obeyed
+        rotated = header.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
+    else:
+        rotated = (image.width < image.height) != (width < height)  # EXIF orientation turned it by 90 degrees
+    oriented_w, oriented_h = (height, width) if rotated else (width, height)
+    check = ImageCheck(
+        sha256=sha256_bytes(data),
+        size=len(data),
+        format=known["format"],
+        mode=known["mode"],
+        width=oriented_w,
+        height=oriented_h,
+        dhash=fingerprint_hash,
+    )
+    return check, pixels
+
+
+def _header_rules(data: bytes, key: str, rules: QualityRules) -> ImageCheck | tuple[Image.Image, dict]:
+    """The rules a header decides: a rejection, or (header, what it says) for an image worth decoding."""
     if not data:
         return _reject(data, "empty", "zero bytes")
     suffix = PurePosixPath(key).suffix.lower()
@@ -105,22 +152,4 @@ def inspect_image(data: bytes, key: str, rules: QualityRules) -> ImageCheck:
         return _reject(data, "too_many_pixels", detail, **known)
     if min(width, height) < rules.min_side:
         return _reject(data, "too_small", f"{width}x{height}: short side < {rules.min_side}", **known)
-    try:
-        image = decode(data, min_side=32)
-        fingerprint_hash = dhash(image)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        return _reject(data, "corrupt", f"does not decode fully: {exc}", **known)
-    if fmt == "JPEG":  # draft decoding may round both sides to one size: read the tag exif_transpose obeyed
-        rotated = header.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
-    else:
-        rotated = (image.width < image.height) != (width < height)  # EXIF orientation turned it by 90 degrees
-    oriented_w, oriented_h = (height, width) if rotated else (width, height)
-    return ImageCheck(
-        sha256=sha256_bytes(data),
-        size=len(data),
-        format=fmt,
-        mode=mode,
-        width=oriented_w,
-        height=oriented_h,
-        dhash=fingerprint_hash,
-    )
+    return header, known

@@ -2,27 +2,36 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from earthsnap_assets.lake.storage import Blobs
+from earthsnap_assets.ml.data import (
+    DatasetIndex,
+    LabeledArrays,
+    LabelTask,
+    balanced_sample,
+    child_task,
+    load_index,
+    load_split,
+    parent_task,
+)
+from earthsnap_assets.refs import DatasetRef
 
-from earthsnap_assets.ml.data import DatasetIndex, LabeledArrays, balanced_sample, child_task, load_split, parent_task
-from earthsnap_assets.ml.storage import Blobs
+
+def index_of(blobs: Blobs, ref: DatasetRef) -> DatasetIndex:
+    """The training index an asset value points to: a group's layout, or the parent's sample."""
+    return load_index(
+        blobs,
+        ref.bucket,
+        ref.index_key,
+        image_size=ref.image_size,
+        labels=ref.labels,
+        dataset_version=ref.data_version,
+        layout_id=ref.layout_id,
+    )
 
 
-@dataclass(frozen=True)
-class FlatTask:
+def flat_task(index: DatasetIndex) -> LabelTask:
     """The baseline: one network over every species, to compare the hierarchy against."""
-
-    name: str
-    classes: tuple[str, ...]
-    group: None = None
-
-    def label_of(self, entry: dict[str, Any]) -> int:
-        return self.classes.index(entry["species"])
-
-
-def flat_task(index: DatasetIndex) -> FlatTask:
-    return FlatTask("flat", tuple(s for g in index.groups for s in index.species_of(g)))
+    return LabelTask("flat", tuple(s for g in index.groups for s in index.species_of(g)), None, "species")
 
 
 def label_task(index: DatasetIndex, kind: str, group: str | None = None):

@@ -10,7 +10,7 @@ import torch
 
 from earthsnap_assets.ml.checkpoints import LakeCheckpoints
 from earthsnap_assets.ml.data import DatasetIndex
-from earthsnap_assets.ml.hashing import fingerprint
+from earthsnap_assets.hashing import fingerprint
 from earthsnap_assets.ml.models import create_classifier
 from earthsnap_assets.ml.train import TrainConfig, train_classifier
 from earthsnap_assets.ml.transforms import MEAN, STD, to_model_input
@@ -90,7 +90,7 @@ def run_training(
         "group": group,
         "classes": tuple(classes),
         "dataset_version": index.dataset_version,
-        "dataset_uri": f"s3://{store.lake_bucket}/{index.prefix}dataset.json",
+        "dataset_uri": f"s3://{store.lake_bucket}/{index.source}",
     }
     if single_species(index, kind, group):
         return ModelRef(**common, image_size=index.image_size)

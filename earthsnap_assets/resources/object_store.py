@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import io
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 import boto3
 import dagster as dg
+from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from pydantic import Field
 
-from earthsnap_assets.ml.manifest import RawObject
+from earthsnap_assets.lake.storage import ConcurrentUpdate, StoredObject
 from earthsnap_assets.settings import Settings
+
+# Objects above this go up in parts: one PUT is capped at 5 GB on S3, and parts retry on their own.
+MULTIPART_THRESHOLD = 64 * 1024 * 1024
+_MISSING = ("404", "NoSuchKey", "NotFound")
 
 
 @lru_cache(maxsize=8)
@@ -72,27 +78,71 @@ class ObjectStore(dg.ConfigurableResource):
         return self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
 
     def write(self, bucket: str, key: str, data: bytes) -> None:
-        self.client.put_object(Bucket=bucket, Key=key, Body=data)
+        if len(data) > MULTIPART_THRESHOLD:
+            config = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD)
+            self.client.upload_fileobj(io.BytesIO(data), bucket, key, Config=config)
+        else:
+            self.client.put_object(Bucket=bucket, Key=key, Body=data)
+
+    def read_versioned(self, bucket: str, key: str) -> tuple[bytes, str] | None:
+        """(body, ETag) of one GET, or None when the object does not exist."""
+        try:
+            response = self.client.get_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _MISSING:
+                return None
+            raise
+        return response["Body"].read(), response["ETag"].strip('"')
+
+    def write_if(self, bucket: str, key: str, data: bytes, expected_etag: str | None) -> str:
+        """S3 conditional PUT: If-Match the ETag read before, or If-None-Match for a first write."""
+        condition = {"IfNoneMatch": "*"} if expected_etag is None else {"IfMatch": f'"{expected_etag}"'}
+        try:
+            response = self.client.put_object(Bucket=bucket, Key=key, Body=data, **condition)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise ConcurrentUpdate(f"s3://{bucket}/{key} changed since it was read") from exc
+            raise
+        return response["ETag"].strip('"')
 
     def exists(self, bucket: str, key: str) -> bool:
         try:
             self.client.head_object(Bucket=bucket, Key=key)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if exc.response.get("Error", {}).get("Code") in _MISSING:
                 return False
             raise
         return True
 
-    def list_objects(self, bucket: str, prefix: str) -> list[RawObject]:
-        """Every object under `prefix`, sorted by key (a full listing: never misses an object)."""
+    def list_objects(self, bucket: str, prefix: str, start_after: str = "") -> list[StoredObject]:
+        """Every object under `prefix` (after `start_after`), sorted by key: a full listing never misses one."""
         found = []
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        paginate = self.client.get_paginator("list_objects_v2").paginate
+        options = {"StartAfter": start_after} if start_after else {}
+        for page in paginate(Bucket=bucket, Prefix=prefix, **options):
             for item in page.get("Contents", []):
-                found.append(RawObject(key=item["Key"], etag=item["ETag"].strip('"'), size=item["Size"]))
+                found.append(StoredObject(item["Key"], item["ETag"].strip('"'), item["Size"], item["LastModified"]))
         return sorted(found, key=lambda o: o.key)
 
-    def list_keys(self, bucket: str, prefix: str) -> list[str]:
-        return [o.key for o in self.list_objects(bucket, prefix)]
+    def list_keys(self, bucket: str, prefix: str, start_after: str = "") -> list[str]:
+        return [o.key for o in self.list_objects(bucket, prefix, start_after)]
+
+    def list_level(self, bucket: str, prefix: str) -> tuple[list[str], list[str]]:
+        """(folders, keys) one path level under `prefix` (`images/` -> species folders), not their objects."""
+        folders, keys = [], []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+            folders += [p["Prefix"] for p in page.get("CommonPrefixes", [])]
+            keys += [item["Key"] for item in page.get("Contents", [])]
+        return sorted(folders), sorted(keys)
+
+    def delete_many(self, bucket: str, keys: list[str]) -> None:
+        """Delete in batches of 1,000 (S3's limit per request); a key that is already gone is fine."""
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": k} for k in keys[start : start + 1000]]
+            response = self.client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+            errors = response.get("Errors", [])
+            if errors:
+                raise RuntimeError(f"deleting from s3://{bucket} failed for {len(errors)} keys: {errors[:3]}")
 
     def ensure_bucket(self, bucket: str) -> None:
         """Create `bucket` unless it exists (idempotent)."""

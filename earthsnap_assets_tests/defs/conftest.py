@@ -10,7 +10,7 @@ import dagster as dg
 import pytest
 
 from earthsnap_assets.ingest import ingest
-from earthsnap_assets.ml.synthetic import SyntheticSpec, SyntheticSummary, generate_dataset
+from earthsnap_assets.demo.synthetic import SyntheticSpec, SyntheticSummary, generate_dataset
 from earthsnap_assets.resources.lake_io_manager import LakeIOManager
 from earthsnap_assets.resources.mlflow_registry import MlflowRegistry
 from earthsnap_assets.resources.object_store import ObjectStore

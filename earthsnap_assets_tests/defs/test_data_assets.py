@@ -10,8 +10,8 @@ from earthsnap_assets.definitions import defs
 from earthsnap_assets.defs.manifests import validated_manifest
 from earthsnap_assets.defs.raw_images import raw_images, taxonomy
 from earthsnap_assets.defs.splits import dataset_splits
-from earthsnap_assets.ml.storage import unpack_arrays
-from earthsnap_assets.ml.synthetic import render_image
+from earthsnap_assets.lake.storage import unpack_arrays
+from earthsnap_assets.demo.synthetic import render_image
 
 pytestmark = pytest.mark.stack
 ASSETS = [raw_images, taxonomy, validated_manifest, dataset_splits]

@@ -1,5 +1,5 @@
 from earthsnap_assets.deployment.history import Event, events, history_table, production_before, record
-from earthsnap_assets.ml.storage import MemoryBlobs
+from earthsnap_assets.lake.storage import MemoryBlobs
 
 
 def _event(version: str, action: str) -> Event:

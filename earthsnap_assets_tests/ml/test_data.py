@@ -16,7 +16,7 @@ from earthsnap_assets.ml.data import (
     make_loader,
     parent_task,
 )
-from earthsnap_assets.ml.storage import MemoryBlobs, unpack_arrays
+from earthsnap_assets.lake.storage import MemoryBlobs, unpack_arrays
 from earthsnap_assets_tests.ml.training_fixtures import LAKE_IMAGE_SIZE, LAKE_SPECIES, TinyLake, build_tiny_lake
 
 
@@ -30,12 +30,13 @@ def _digest(pixels: np.ndarray | torch.Tensor) -> str:
 
 
 def test_index_describes_groups_species_and_shards(lake):
-    index = lake.index
+    index = lake.index  # the parent's sample: every group
     assert index.groups == ["flowers", "insects"]
     assert index.species_of("flowers") == ["rose", "tulip"] and index.species_of("insects") == ["moth"]
     assert index.image_size == LAKE_IMAGE_SIZE
-    assert len(index.shards("train", "flowers")) > 1  # several shards per group: streaming has work to split
-    assert all(s["group"] == "insects" for s in index.shards("train", "insects"))
+    flowers = lake.groups["flowers"]  # one group's layout: several small shards per split
+    assert len(flowers.shards("train")) > 1 and all(s["group"] == "flowers" for s in flowers.shards("train"))
+    assert all(s["name"].startswith("datasets/") for s in flowers.shards("train"))
 
 
 def test_parent_split_has_every_group_and_the_pixels_of_each_entry(lake):
@@ -46,12 +47,12 @@ def test_parent_split_has_every_group_and_the_pixels_of_each_entry(lake):
     assert arrays.pixels.dtype == np.uint8 and arrays.pixels.shape[1:] == (LAKE_IMAGE_SIZE, LAKE_IMAGE_SIZE, 3)
     by_digest = {_digest(p): int(label) for p, label in zip(arrays.pixels, arrays.labels, strict=True)}
     for entry in entries:
-        shard = unpack_arrays(lake.blobs.read(lake.bucket, index.prefix + entry["shard"]))
+        shard = unpack_arrays(lake.blobs.read(lake.bucket, entry["shard"]))
         assert by_digest[_digest(shard[entry["row"]])] == index.groups.index(entry["group"])
 
 
 def test_child_split_reads_only_its_group_shards_and_labels_species(lake):
-    index, blobs = lake.index, lake.blobs
+    index, blobs = lake.groups["flowers"], lake.blobs
     before = blobs.reads
     arrays = load_split(blobs, lake.bucket, index, "train", child_task(index, "flowers"))
     assert blobs.reads - before == len(index.shards("train", "flowers"))
@@ -61,12 +62,12 @@ def test_child_split_reads_only_its_group_shards_and_labels_species(lake):
 
 
 def test_a_corrupted_shard_is_refused(lake):
-    index = lake.index
+    index = lake.groups["insects"]
     blobs = MemoryBlobs()
     blobs.objects = dict(lake.blobs.objects)
     name = index.shards("val", "insects")[0]["name"]
-    blobs.objects[("lake", index.prefix + name)] += b"\0"
-    with pytest.raises(ValueError, match="sha256"):
+    blobs.objects[("lake", name)] += b"\0"
+    with pytest.raises(ValueError, match="content hash"):
         load_split(blobs, "lake", index, "val", child_task(index, "insects"))
 
 
@@ -105,7 +106,8 @@ def test_shard_stream_yields_every_row_once_per_epoch_across_workers(lake):
 
 
 def test_shard_stream_is_picklable_for_workers_and_knows_its_size(lake):
-    stream = ShardStream(lake.blobs, lake.bucket, lake.index, "train", child_task(lake.index, "insects"))
+    index = lake.groups["insects"]
+    stream = ShardStream(lake.blobs, lake.bucket, index, "train", child_task(index, "insects"))
     clone = pickle.loads(pickle.dumps(stream))
-    train_insects = [e for e in lake.index.entries("train") if LAKE_SPECIES[e["species"]] == "insects"]
+    train_insects = [e for e in index.entries("train") if LAKE_SPECIES[e["species"]] == "insects"]
     assert len(clone) == len(train_insects) and list(clone.class_counts()) == [len(train_insects)]

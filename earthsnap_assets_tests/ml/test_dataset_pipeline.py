@@ -9,9 +9,9 @@ from earthsnap_assets.ml.dataset_build import build_dataset
 from earthsnap_assets.ml.manifest import RawObject
 from earthsnap_assets.ml.preprocessing import PreprocessConfig, load_image_array
 from earthsnap_assets.ml.quality import QualityRules
-from earthsnap_assets.ml.splits import SplitConfig
-from earthsnap_assets.ml.storage import MemoryBlobs, unpack_arrays
-from earthsnap_assets.ml.taxonomy import parse_taxonomy
+from earthsnap_assets.lake.splits import SplitConfig
+from earthsnap_assets.lake.storage import MemoryBlobs, unpack_arrays
+from earthsnap_assets.lake.taxonomy import parse_taxonomy
 from earthsnap_assets.ml.validation import load_manifest, validate
 from earthsnap_assets_tests.ml.training_fixtures import photo
 

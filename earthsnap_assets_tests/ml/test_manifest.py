@@ -7,10 +7,10 @@ import hashlib
 
 import pytest
 
-from earthsnap_assets.ml.hashing import sha256_bytes
+from earthsnap_assets.hashing import sha256_bytes
 from earthsnap_assets.ml.manifest import Manifest, RawObject, build_manifest, dataset_version, species_of
 from earthsnap_assets.ml.quality import ImageCheck, QualityRules, inspect_image
-from earthsnap_assets.ml.taxonomy import parse_taxonomy
+from earthsnap_assets.lake.taxonomy import parse_taxonomy
 
 TAXONOMY = parse_taxonomy("species,group\nrose,flowers\ntulip,flowers\nmoth,insects\n")
 RULES = QualityRules(min_images_per_species=2)

@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from earthsnap_assets.ml.near_duplicates import hamming
 from earthsnap_assets.ml.quality import ImageCheck, QualityRules, dhash, inspect_image
+
+
+def hamming(a: str, b: str) -> int:
+    return (int(a, 16) ^ int(b, 16)).bit_count()
 
 # --- rejections, one per reason -------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from earthsnap_assets.ml import train as train_module
 from earthsnap_assets.ml.checkpoints import LakeCheckpoints, MemoryCheckpoints
 from earthsnap_assets.ml.data import ShardStream, child_task, load_split
 from earthsnap_assets.ml.models import create_classifier
-from earthsnap_assets.ml.storage import MemoryBlobs
+from earthsnap_assets.lake.storage import MemoryBlobs
 from earthsnap_assets.ml.train import (
     TrainConfig,
     WarmupCosine,
@@ -162,8 +162,9 @@ def test_warmup_then_cosine_decay_to_zero():
 
 def test_training_streams_shards_from_the_lake():
     lake = build_tiny_lake()
-    task = child_task(lake.index, "flowers")
-    stream = ShardStream(lake.blobs, lake.bucket, lake.index, "train", task, seed=0)
-    val = load_split(lake.blobs, lake.bucket, lake.index, "val", task)
+    index = lake.groups["flowers"]
+    task = child_task(index, "flowers")
+    stream = ShardStream(lake.blobs, lake.bucket, index, "train", task, seed=0)
+    val = load_split(lake.blobs, lake.bucket, index, "val", task)
     result = train_classifier(stream, val, replace(FAST, epochs=1, batch_size=4), device=CPU)
     assert result.classes == ["rose", "tulip"] and result.history[0]["images_per_second"] > 0

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from earthsnap_assets.ml.data import DatasetIndex, LabeledArrays, load_index
-from earthsnap_assets.ml.dataset_build import build_dataset
-from earthsnap_assets.ml.manifest import RawObject
-from earthsnap_assets.ml.preprocessing import PreprocessConfig
+from earthsnap_assets.lake.pipeline import DataConfig, PreparedData, prepare_dataset
+from earthsnap_assets.lake.storage import MemoryBlobs
+from earthsnap_assets.lake.taxonomy import parse_taxonomy
+from earthsnap_assets.ml.data import DatasetIndex, LabeledArrays
 from earthsnap_assets.ml.quality import QualityRules
-from earthsnap_assets.ml.splits import SplitConfig
-from earthsnap_assets.ml.storage import MemoryBlobs
-from earthsnap_assets.ml.taxonomy import parse_taxonomy
-from earthsnap_assets.ml.validation import validate
+from earthsnap_assets.pipeline.tasks import index_of
 
 SQUARE_COLORS = np.array([[220, 40, 40], [40, 200, 40], [40, 40, 220]])
 LAKE_SPECIES = {"rose": "flowers", "tulip": "flowers", "moth": "insects"}
@@ -52,30 +48,26 @@ def photo(seed: int) -> bytes:
 
 @dataclass
 class TinyLake:
+    """A memory lake with the tiny dataset prepared: `index` is the parent's sample (every group),
+    `groups[g]` each group's own training index (several small shards per split)."""
+
     blobs: MemoryBlobs
     index: DatasetIndex
+    groups: dict[str, DatasetIndex] = field(default_factory=dict)
+    prepared: PreparedData | None = None
     bucket: str = "lake"
 
 
 def build_tiny_lake(per_species: int = 12, shard_size: int = 4) -> TinyLake:
-    """Raw photos -> validate -> build_dataset, in memory: 2 groups (flowers: 2 species, insects: 1)."""
+    """Raw photos -> the data side's steps, in memory: 2 groups (flowers: 2 species, insects: 1)."""
     blobs = MemoryBlobs()
-    objects = []
     for s, species in enumerate(LAKE_SPECIES):
         for i in range(per_species):
-            key, data = f"images/{species}/{i:03d}.jpg", photo(1000 * s + i)
-            blobs.write("raw", key, data)
-            objects.append(RawObject(key, hashlib.md5(data).hexdigest(), len(data)))
+            blobs.write("raw", f"images/{species}/{i:03d}.jpg", photo(1000 * s + i))
     taxonomy = parse_taxonomy("species,group\n" + "".join(f"{s},{g}\n" for s, g in LAKE_SPECIES.items()))
-    rules = QualityRules(min_side=32, min_images_per_species=5)
-    manifest = validate(blobs, objects, taxonomy, rules, raw_bucket="raw", lake_bucket="lake").manifest
-    result = build_dataset(
-        blobs,
-        manifest,
-        raw_bucket="raw",
-        lake_bucket="lake",
-        preprocess=PreprocessConfig(image_size=LAKE_IMAGE_SIZE),
-        splits=SplitConfig(),
-        shard_size=shard_size,
+    config = DataConfig(
+        rules=QualityRules(min_side=32, min_images_per_species=5), image_size=LAKE_IMAGE_SIZE, shard_size=shard_size
     )
-    return TinyLake(blobs, load_index(blobs, "lake", result.prefix))
+    prepared = prepare_dataset(blobs, "raw", "lake", taxonomy, config)
+    groups = {g: index_of(blobs, ref) for g, ref in prepared.group_refs.items()}
+    return TinyLake(blobs, index_of(blobs, prepared.sample_ref), groups, prepared)

@@ -13,12 +13,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 T = TypeVar("T")
+D = TypeVar("D")
 
 
 def map_objects(
     keys: Sequence[str],
-    fetch: Callable[[str], bytes],
-    work: Callable[[bytes, str], T],
+    fetch: Callable[[str], D],
+    work: Callable[[D, str], T],
     *,
     workers: int = 8,
     window: int = 64,

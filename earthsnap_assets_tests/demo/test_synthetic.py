@@ -14,7 +14,7 @@ import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image, UnidentifiedImageError
 
-from earthsnap_assets.ml.synthetic import (
+from earthsnap_assets.demo.synthetic import (
     SyntheticSpec,
     SyntheticSummary,
     generate_dataset,

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
-from earthsnap_assets.ml.synthetic_draw import FAMILIES, draw_subject, hsv, lookup
+from earthsnap_assets.demo.synthetic_draw import FAMILIES, draw_subject, hsv, lookup
 
 TAXONOMY_FILE = "taxonomy.csv"
 UNKNOWN_SPECIES = "unknown-species"

@@ -2,7 +2,7 @@ from collections import Counter
 
 import pytest
 
-from earthsnap_assets.ml.splits import SPLITS, SplitConfig, SplitItem, assign_splits, counts_by_split
+from earthsnap_assets.lake.splits import SPLITS, SplitConfig, SplitItem, assign_splits, counts_by_split
 
 
 def _items(species_counts: dict[str, int], prefix: str = "") -> list[SplitItem]:

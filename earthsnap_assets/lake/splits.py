@@ -12,7 +12,7 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
-from earthsnap_assets.ml.hashing import fingerprint
+from earthsnap_assets.hashing import fingerprint
 
 SPLITS = ("train", "val", "test")
 
@@ -86,9 +86,24 @@ def assign_splits(items: Sequence[SplitItem], ledger: Mapping[str, str], config:
             if member.sha256 in ledger and ledger[member.sha256] != split:
                 result.moved.append(member.sha256)
         result.inherited += len(members)
+    for sha, split in fill_quotas(fresh, current, totals, config).items():
+        result.splits[sha] = split
+    result.new += sum(len(members) for _, members in fresh)
+    return result
+
+
+def fill_quotas(
+    fresh: list[tuple[str, list[SplitItem]]], current: dict[str, Counter], totals: Counter, config: SplitConfig
+) -> dict[str, str]:
+    """Splits of units seen for the first time: each goes where its species lacks most of its quota.
+
+    `current` counts per species and split what is assigned already (updated in place); `totals` per species
+    everything, old and new. Units are taken in a seeded hash order of their names, so the outcome does not
+    depend on the order they arrived in. Costs O(new units): existing images enter only through counts.
+    """
     fractions = config.fractions
-    fresh.sort(key=lambda unit: fingerprint([config.seed, unit[0]], length=32))
-    for _name, members in fresh:
+    assigned: dict[str, str] = {}
+    for _name, members in sorted(fresh, key=lambda unit: fingerprint([config.seed, unit[0]], length=32)):
         species = Counter(m.species for m in members)
 
         def deficit(split: str, species: Counter = species) -> float:
@@ -96,10 +111,9 @@ def assign_splits(items: Sequence[SplitItem], ledger: Mapping[str, str], config:
 
         split = max(SPLITS, key=lambda s: (deficit(s), -SPLITS.index(s)))
         for member in members:
-            result.splits[member.sha256] = split
+            assigned[member.sha256] = split
             current[member.species][split] += 1
-        result.new += len(members)
-    return result
+    return assigned
 
 
 def counts_by_split(splits: Mapping[str, str], species_of: Mapping[str, str]) -> dict[str, dict[str, int]]:

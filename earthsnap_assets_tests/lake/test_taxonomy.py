@@ -2,7 +2,7 @@
 
 import pytest
 
-from earthsnap_assets.ml.taxonomy import Taxonomy, TaxonomyError, parse_taxonomy
+from earthsnap_assets.lake.taxonomy import Taxonomy, TaxonomyError, parse_taxonomy
 
 
 def test_minimal_file_maps_species_to_groups():

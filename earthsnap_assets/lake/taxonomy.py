@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
+from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import cached_property
 
-from earthsnap_assets.ml.hashing import fingerprint
+from earthsnap_assets.hashing import fingerprint
 
 SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 
@@ -23,18 +26,33 @@ class Taxonomy:
     species_to_group: dict[str, str]
     extras: dict[str, dict[str, str]] = field(default_factory=dict)
 
+    @cached_property
+    def by_group(self) -> dict[str, list[str]]:
+        """group -> its species, sorted; built once (tens of thousands of species, hundreds of groups)."""
+        found: dict[str, list[str]] = defaultdict(list)
+        for species, group in sorted(self.species_to_group.items()):
+            found[group].append(species)
+        return dict(sorted(found.items()))
+
     @property
     def groups(self) -> list[str]:
-        return sorted(set(self.species_to_group.values()))
+        return list(self.by_group)
 
     def species_in(self, group: str) -> list[str]:
-        return sorted(s for s, g in self.species_to_group.items() if g == group)
+        return list(self.by_group.get(group, []))
 
     def fingerprint(self) -> str:
         return fingerprint(self.species_to_group)
 
     def to_json(self) -> dict:
         return {"species_to_group": self.species_to_group, "extras": self.extras}
+
+    @classmethod
+    def from_json(cls, value: dict) -> Taxonomy:
+        return cls(dict(value["species_to_group"]), dict(value.get("extras", {})))
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()
 
 
 def _check_slug(value: str, column: str, line: int) -> str:

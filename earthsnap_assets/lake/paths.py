@@ -1,0 +1,165 @@
+"""Every path of the raw bucket and the lake, in one place: the storage contract of the platform.
+
+Raw bucket (written by the app, users and the review loop; public, documented in the README):
+    images/<species>/<file>.<jpg|jpeg|png|webp>     the folder is the label
+    taxonomy.csv                                     species,group[,extra columns]
+
+Lake bucket (written by the pipeline). Per species group `g`; `<h>` is a content hash, so a file is never
+rewritten in place, and each group's current state is one small *head* moved by a conditional write:
+    taxonomy/<fingerprint>.json                      a parsed taxonomy (species -> group, extras)
+    taxonomy/current.json                            head: which taxonomy is current (read by the change sensor)
+    changes/<g>/<ts>-<h>.parquet                     change log: raw-bucket events routed to group g
+    changes/_unassigned/<ts>-<h>.parquet             events for keys in no group (unknown species, off layout)
+    objects/<g>/head.json                            object table head: segments, change-log watermark, counts
+    objects/<g>/segments/<h>.parquet                 object table rows (key, etag, sha256, dhash, verdict, ...)
+    pixels/<preprocess>/<g>/<h>.npy (+ <h>.parquet)  preprocessed pixels of accepted objects, by sha256
+    indexes/head.json                                global content indexes (sha256, near-duplicate bands)
+    indexes/<kind>/<bucket>/<h>.parquet              one bucket of an index
+    manifests/<g>/head.json                          current manifest segment of the group
+    manifests/<g>/<group_version>/segment.parquet    every object of the group with its verdict, cluster, split
+    manifests/<g>/<group_version>/qa_report.json     counts a person reviews
+    datasets/<layout>/<g>/head.json                  current training layout of the group
+    datasets/<layout>/<g>/index-<h>.parquet          training index: sha256, key, species, split, shard, row
+    datasets/<layout>/<g>/shards/<split>/<h>.npy     content-addressed uint8 shards (append-only deltas)
+    versions/<dataset_version>/manifest.json         a dataset version: rules, taxonomy, every group's manifest
+    versions/<dataset_version>/<layout>.json         the version's training layout: every group's index
+    samples/<layout>/head.json                       the parent's sample: committed and latest candidate
+    samples/<layout>/<h>/index.parquet               a sample: rows of every group, pointing into chunks
+    samples/<layout>/chunks/<g>/<h>.parquet (+ .npy) one group's share of the sample, pixels copied
+    deployments/<model>/events.jsonl                 deployment history
+    checkpoints/...                                  training checkpoints
+    dagster/io/...                                   small asset values (references, never data)
+"""
+
+from __future__ import annotations
+
+from earthsnap_assets.lake.taxonomy import SLUG
+
+IMAGES_PREFIX = "images/"
+TAXONOMY_KEY = "taxonomy.csv"
+UNASSIGNED = "_unassigned"  # not a slug, so never a species group
+
+
+def check_group(group: str) -> str:
+    """Group names become path segments and partition keys: slugs only (or the unassigned bucket)."""
+    if group != UNASSIGNED and not SLUG.match(group):
+        raise ValueError(f"not a species group name: {group!r}")
+    return group
+
+
+# --- raw bucket --------------------------------------------------------------------------------------------
+
+
+def species_prefix(species: str) -> str:
+    return f"{IMAGES_PREFIX}{species}/"
+
+
+def species_of(key: str, prefix: str = IMAGES_PREFIX) -> str | None:
+    """`images/<species>/<file>` -> species; None for anything not in that layout."""
+    if not key.startswith(prefix):
+        return None
+    parts = key[len(prefix) :].split("/")
+    return parts[0] if len(parts) == 2 and parts[0] and parts[1] else None
+
+
+# --- taxonomy ----------------------------------------------------------------------------------------------
+
+TAXONOMY_HEAD = "taxonomy/current.json"
+
+
+def taxonomy_key(fingerprint: str) -> str:
+    return f"taxonomy/{fingerprint}.json"
+
+
+# --- change log --------------------------------------------------------------------------------------------
+
+
+def changes_prefix(group: str) -> str:
+    return f"changes/{check_group(group)}/"
+
+
+def change_batch_key(group: str, first_ts_ns: int, digest: str) -> str:
+    """Zero-padded time first: a listing after the last consumed key returns exactly the newer batches."""
+    return f"{changes_prefix(group)}{first_ts_ns:020d}-{digest}.parquet"
+
+
+# --- object table ------------------------------------------------------------------------------------------
+
+
+def objects_head(group: str) -> str:
+    return f"objects/{check_group(group)}/head.json"
+
+
+def objects_segment(group: str, digest: str) -> str:
+    return f"objects/{check_group(group)}/segments/{digest}.parquet"
+
+
+def pixel_pack(preprocess: str, group: str, digest: str) -> str:
+    """`<digest>.npy` holds the pixels, `<digest>.parquet` the sha256 of each row."""
+    return f"pixels/{preprocess}/{check_group(group)}/{digest}"
+
+
+# --- global indexes ----------------------------------------------------------------------------------------
+
+INDEXES_HEAD = "indexes/head.json"
+
+
+def index_bucket(kind: str, bucket: int, digest: str) -> str:
+    return f"indexes/{kind}/{bucket:05d}/{digest}.parquet"
+
+
+# --- manifests ---------------------------------------------------------------------------------------------
+
+
+def manifest_head(group: str) -> str:
+    return f"manifests/{check_group(group)}/head.json"
+
+
+def manifest_prefix(group: str, group_version: str) -> str:
+    return f"manifests/{check_group(group)}/{group_version}/"
+
+
+# --- training layouts --------------------------------------------------------------------------------------
+
+
+def layout_prefix(layout: str, group: str) -> str:
+    return f"datasets/{layout}/{check_group(group)}/"
+
+
+def layout_head(layout: str, group: str) -> str:
+    return layout_prefix(layout, group) + "head.json"
+
+
+def layout_index(layout: str, group: str, digest: str) -> str:
+    return f"{layout_prefix(layout, group)}index-{digest}.parquet"
+
+
+def shard_key(layout: str, group: str, split: str, digest: str) -> str:
+    return f"{layout_prefix(layout, group)}shards/{split}/{digest}.npy"
+
+
+# --- dataset versions and the parent's sample --------------------------------------------------------------
+
+
+def version_manifest(dataset_version: str) -> str:
+    return f"versions/{dataset_version}/manifest.json"
+
+
+def version_layout(dataset_version: str, layout: str) -> str:
+    return f"versions/{dataset_version}/{layout}.json"
+
+
+def sample_head(layout: str) -> str:
+    return f"samples/{layout}/head.json"
+
+
+def sample_index(layout: str, digest: str) -> str:
+    return f"samples/{layout}/{digest}/index.parquet"
+
+
+def sample_chunk(layout: str, group: str, digest: str) -> str:
+    """A group's share of the sample: `<name>.parquet` rows (named by its inputs), pixels in a `<digest>.npy`."""
+    return f"samples/{layout}/chunks/{check_group(group)}/{digest}"
+
+# Everything the garbage collector may consider; anything else in the lake is never touched by it.
+COLLECTABLE_PREFIXES = ("changes/", "objects/", "pixels/", "indexes/", "manifests/", "datasets/", "versions/", "samples/")
