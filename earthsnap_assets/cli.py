@@ -118,12 +118,33 @@ def _species_groups() -> list[str]:
 
 @main.command("run")
 @click.argument("job", default="data_pipeline")
-@click.option("--partition", default=None, help="species group, for partitioned jobs (child_training)")
+@click.option("--partition", default=None, help="species group, for partitioned jobs (data_pipeline, child_training)")
 def run_job(job: str, partition: str | None) -> None:
-    """Run a Dagster job in this process, recorded in the stack's Dagster instance (seen in the UI)."""
+    """Run a Dagster job in this process, recorded in the stack's Dagster instance (seen in the UI).
+
+    A partitioned job without --partition runs once per species group, like a backfill.
+    """
     _dagster_home(_settings())
-    if not _execute(job, partition):
-        raise click.ClickException(f"job {job} failed; see the run in the Dagster UI")
+    from earthsnap_assets.definitions import defs
+
+    partitioned = defs.resolve_job_def(job).partitions_def is not None
+    targets = [partition] if partition or not partitioned else _species_groups()
+    failed = [p for p in targets if not _execute(job, p)]
+    if failed:
+        raise click.ClickException(f"job {job} failed for {failed}; see the runs in the Dagster UI")
+
+
+@main.command("data")
+def prepare_data() -> None:
+    """The data side once, as automation runs it after an upload: taxonomy, every group's data, the fan-ins."""
+    _dagster_home(_settings())
+    if not _execute("taxonomy_update"):
+        raise click.ClickException("taxonomy_update failed; see the run in the Dagster UI")
+    failed = [g for g in _species_groups() if not _execute("data_pipeline", g)]
+    if failed:
+        raise click.ClickException(f"data_pipeline failed for groups {failed}; see the runs in the Dagster UI")
+    if not _execute("dataset_release"):
+        raise click.ClickException("dataset_release failed; see the run in the Dagster UI")
 
 
 @main.command("trigger")
@@ -299,8 +320,8 @@ def demo(ctx: click.Context, images_per_species: int, auto_approve: bool) -> Non
         click.echo(f"  {status.name:17s} {status.url}")
     click.echo("== generating and ingesting demo data")
     ctx.invoke(demo_data, images_per_species=images_per_species)
-    click.echo("== running the data pipeline (QA, versioned manifest, shards and splits)")
-    ctx.invoke(run_job, job="data_pipeline")
+    click.echo("== the data side: intake + QA per species group, manifests, shards, dataset version, parent sample")
+    ctx.invoke(prepare_data)
     click.echo("== tuning, training, evaluating and registering parent and child models")
     ctx.invoke(train_all)
     if auto_approve:

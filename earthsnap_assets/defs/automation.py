@@ -25,6 +25,15 @@ def _when(changed: A) -> A:
     )
 
 
+def new_events() -> A:
+    """Intake: new change-log entries were reported for the group (an observation, no data version), or the
+    group is new. The taxonomy is not a trigger: it reports `raw_changes` for exactly the groups it changed."""
+    reported = A.any_deps_match(A.newly_updated() & ~A.executed_with_root_target()).ignore(
+        dg.AssetSelection.assets("taxonomy")
+    )
+    return _when(reported).with_label("new events")
+
+
 def data_changed() -> A:
     """A dependency's data version changed, or it runs in this same tick (the chain of one group's data)."""
     changed = A.any_deps_match((A.data_version_changed() & ~A.executed_with_root_target()) | A.will_be_requested())

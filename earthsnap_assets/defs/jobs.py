@@ -3,7 +3,6 @@
 import dagster as dg
 
 from earthsnap_assets.defs.compute import COMPUTE_TAG
-from earthsnap_assets.defs.partitions import species_group
 
 # Run-level tag of the training jobs, for the run queue's limit on GPU runs (deploy/dagster.yaml). The
 # GPU request itself is on the ops: runs started from the UI or by automation have no job tags.
@@ -18,7 +17,6 @@ taxonomy_job = dg.define_asset_job(
 data_job = dg.define_asset_job(
     "data_pipeline",
     selection=dg.AssetSelection.assets("raw_images", "validated_manifest", "dataset_splits"),
-    partitions_def=species_group,
     description="One species group's data: intake (QA + preprocessing), validated manifest, training shards.",
 )
 
@@ -38,7 +36,6 @@ parent_job = dg.define_asset_job(
 child_job = dg.define_asset_job(
     "child_training",
     selection=dg.AssetSelection.assets("child_hyperparams", "child_model", "child_evaluation", "registered_child"),
-    partitions_def=species_group,
     description="Tune, train, evaluate and register one species group's child model (a partition).",
     tags=GPU_RUN_TAGS,
 )

@@ -9,7 +9,7 @@ preprocessed from one decode.
 import dagster as dg
 from pydantic import Field
 
-from earthsnap_assets.defs.automation import data_changed
+from earthsnap_assets.defs.automation import new_events
 from earthsnap_assets.defs.partitions import species_group, sync_groups
 from earthsnap_assets.lake import paths
 from earthsnap_assets.lake.intake import IntakeConfig, intake_group
@@ -97,7 +97,7 @@ class IntakeRunConfig(dg.Config):
     partitions_def=species_group,
     kinds={"s3", "python"},
     deps=[raw_changes],
-    automation_condition=data_changed().ignore(dg.AssetSelection.assets("taxonomy")),
+    automation_condition=new_events(),
 )
 def raw_images(
     context: dg.AssetExecutionContext,

@@ -3,17 +3,20 @@
 import contextlib
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
-from earthsnap_assets.ingest import ingest
 from earthsnap_assets.demo.synthetic import SyntheticSpec, SyntheticSummary, generate_dataset
+from earthsnap_assets.ingest import ingest
+from earthsnap_assets.lake.capture import CaptureResult, capture
+from earthsnap_assets.resources.dataset import DatasetSettings
 from earthsnap_assets.resources.lake_io_manager import LakeIOManager
 from earthsnap_assets.resources.mlflow_registry import MlflowRegistry
 from earthsnap_assets.resources.object_store import ObjectStore
+from earthsnap_assets.resources.raw_events import RawEvents
 
 SMALL_SPEC = SyntheticSpec(groups=4, species_per_group=2, images_per_species=12, min_side=360, max_side=480)
 
@@ -24,20 +27,33 @@ def small_dataset(tmp_path_factory) -> SyntheticSummary:
     return generate_dataset(tmp_path_factory.mktemp("synthetic"), SMALL_SPEC)
 
 
+# Small images keep the tests fast. The QA threshold is per group: the small dataset puts all its bad files
+# into one group of 24 photos (10 of 35 objects), far more than real uploads, so the test allows half.
+TEST_DATASET = DatasetSettings(image_size=32, max_rejection_rate=0.5)
+
+
 @dataclass
 class Buckets:
     store: ObjectStore
     instance: dg.DagsterInstance
     registry: MlflowRegistry
+    dataset: DatasetSettings = field(default_factory=lambda: TEST_DATASET)
+    cursor: str | None = None
 
     @property
     def resources(self) -> dict:
-        return {"store": self.store, "registry": self.registry, "io_manager": LakeIOManager(store=self.store)}
+        return {
+            "store": self.store,
+            "registry": self.registry,
+            "io_manager": LakeIOManager(store=self.store),
+            "dataset": self.dataset,
+            "raw_events": RawEvents(),
+        }
 
     def ingest(self, root: Path, taxonomy_csv: Path):
         return ingest(self.store, root, taxonomy_csv)
 
-    def materialize(self, assets, run_config=None, selection=None, raise_on_error=True):
+    def materialize(self, assets, run_config=None, selection=None, raise_on_error=True, partition=None):
         return dg.materialize(
             assets,
             resources=self.resources,
@@ -45,7 +61,31 @@ class Buckets:
             run_config=run_config,
             selection=selection,
             raise_on_error=raise_on_error,
+            partition_key=partition,
         )
+
+    def capture(self) -> CaptureResult:
+        """One tick of change capture from the real SeaweedFS filer (the first call only starts watching)."""
+        source = self.resources["raw_events"].source(self.store.raw_bucket)
+        result = capture(source, self.store, self.store.lake_bucket, self.cursor, max_events=10_000, timeout_s=20)
+        self.cursor = result.cursor
+        return result
+
+    def groups(self) -> list[str]:
+        return sorted(self.instance.get_dynamic_partitions("species_group"))
+
+    def build_data(self, run_config=None, raise_on_error=True) -> dict:
+        """What automation does after an upload: taxonomy, each group's data chain, then the fan-ins."""
+        from earthsnap_assets.definitions import defs
+
+        assets = list(defs.assets)
+        results = {"taxonomy": self.materialize(assets, run_config, ["taxonomy"], raise_on_error)}
+        for group in self.groups():
+            chain = ["raw_images", "validated_manifest", "dataset_splits"]
+            results[group] = self.materialize(assets, run_config, chain, raise_on_error, partition=group)
+        if all(r.success for r in results.values()):
+            results["fan_in"] = self.materialize(assets, run_config, ["dataset_version", "parent_sample"], raise_on_error)
+        return results
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ def test_new_groups_become_partitions_and_everything_trains_and_registers(traine
     client = MlflowClient(lake.registry.uri)
     version = client.get_model_version("earthsnap-parent", parent["version"])
     assert version.tags["gate"] == "passed" and "approval" in version.tags  # pending until a person decides
-    assert version.tags["dataset_version"] == _meta(results["data"], "validated_manifest")["dataset_version"]
+    assert version.tags["dataset_version"] == _meta(results["data"]["fan_in"], "dataset_version")["dataset_version"]
     assert float(version.tags["test_accuracy"]) >= 0.0 and version.tags["code_version"]
     assert version.tags["classes"].split(",") == sorted(groups)
     assert sorted(json.loads(version.tags["group_species"])) == sorted(groups)

@@ -16,15 +16,12 @@ TINY = {
     "patience": 2,
 }
 TRAIN = {"batch_size": 16, "patience": 2}
-DATA = {"image_size": 32}
 PARENT = ["parent_hyperparams", "parent_model", "parent_evaluation", "registered_parent", "flat_baseline_model"]
 CHILD = ["child_hyperparams", "child_model", "child_evaluation", "registered_child"]
-DATA_ASSETS = ["raw_images", "taxonomy", "validated_manifest", "dataset_splits"]
 
 
 def tiny_config(min_accuracy: float = 0.0) -> dict:
     ops = {
-        "dataset_splits": {"config": DATA},
         "parent_hyperparams": {"config": TINY},
         "child_hyperparams": {"config": TINY},
         "parent_model": {"config": TRAIN},
@@ -53,7 +50,7 @@ def run(lake, names: list[str], config: dict, partition: str | None = None):
         assets,
         selection=selection,
         partition_key=partition,
-        resources={**lake.resources, "registry": lake.registry},
+        resources=lake.resources,
         instance=lake.instance,
         run_config={"ops": {k: v for k, v in config["ops"].items() if k in names}},
     )
@@ -68,8 +65,8 @@ def train_everything(lake, small_dataset, root):
     (root / "taxonomy.csv").write_text("\n".join(rows) + "\n")
     lake.ingest(root, root / "taxonomy.csv")
     config = tiny_config()
-    results = {"data": run(lake, DATA_ASSETS, config)}
-    groups = lake.instance.get_dynamic_partitions("species_group")
+    results = {"data": lake.build_data()}
+    groups = lake.groups()
     results["parent"] = run(lake, PARENT, config)
     results["children"] = {g: run(lake, CHILD, config, partition=g) for g in groups}
     results["hierarchy"] = run(lake, ["hierarchical_evaluation"], config)
