@@ -36,16 +36,16 @@ from pathlib import Path
 
 import numpy as np
 import PIL
-from PIL import Image
-
 from earthsnap_assets.ml.dataset_build import build_dataset
 from earthsnap_assets.ml.manifest import RawObject
-from earthsnap_assets.ml.preprocessing import PreprocessConfig
-from earthsnap_assets.ml.quality import QualityRules
+from earthsnap_assets.ml.validation import validate
+from PIL import Image
+
 from earthsnap_assets.lake.splits import SplitConfig
 from earthsnap_assets.lake.storage import Blobs, MemoryBlobs
 from earthsnap_assets.lake.taxonomy import Taxonomy
-from earthsnap_assets.ml.validation import validate
+from earthsnap_assets.ml.preprocessing import PreprocessConfig
+from earthsnap_assets.ml.quality import QualityRules
 
 PREFIX = "images/"
 RAW_BUCKET = "bench-raw"

@@ -42,20 +42,20 @@ from typing import Any
 import numpy as np
 import timm
 import torch
+from earthsnap_assets.ml.dataset_build import build_dataset
+from earthsnap_assets.ml.manifest import RawObject
+from earthsnap_assets.ml.validation import validate
 from torch import nn
 
-from earthsnap_assets.ml.data import DatasetIndex, LabeledArrays, ShardStream, load_index, load_split
-from earthsnap_assets.ml.dataset_build import build_dataset
-from earthsnap_assets.ml.device import to_device_batch
-from earthsnap_assets.ml.manifest import RawObject
-from earthsnap_assets.ml.preprocessing import PreprocessConfig
-from earthsnap_assets.ml.quality import QualityRules
 from earthsnap_assets.lake.splits import SplitConfig
 from earthsnap_assets.lake.storage import Blobs, MemoryBlobs
 from earthsnap_assets.lake.taxonomy import Taxonomy
+from earthsnap_assets.ml.data import DatasetIndex, LabeledArrays, ShardStream, load_index, load_split
+from earthsnap_assets.ml.device import to_device_batch
+from earthsnap_assets.ml.preprocessing import PreprocessConfig
+from earthsnap_assets.ml.quality import QualityRules
 from earthsnap_assets.ml.train import TrainConfig, _epoch_batches, epoch_seed, steps_per_epoch, train_classifier
 from earthsnap_assets.ml.transforms import augment_batch, to_model_input
-from earthsnap_assets.ml.validation import validate
 from earthsnap_assets.pipeline.tasks import label_task
 
 PREFIX = "images/"

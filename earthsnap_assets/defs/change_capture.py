@@ -27,7 +27,12 @@ def raw_change_sensor(
 ) -> dg.SensorResult | dg.SkipReason:
     source = raw_events.source(store.raw_bucket)
     result = capture(
-        source, store, store.lake_bucket, context.cursor, max_events=raw_events.max_events, timeout_s=raw_events.timeout_s
+        source,
+        store,
+        store.lake_bucket,
+        context.cursor,
+        max_events=raw_events.max_events,
+        timeout_s=raw_events.timeout_s,
     )
     events = [
         dg.AssetMaterialization(

@@ -20,7 +20,9 @@ MODEL_FILTER = "name LIKE 'earthsnap-%'"
     kinds={"s3"},
     automation_condition=dg.AutomationCondition.on_cron("30 3 * * *"),
 )
-def raw_reconciliation(context: dg.AssetExecutionContext, store: ObjectStore, taxonomy: Taxonomy) -> dg.MaterializeResult:
+def raw_reconciliation(
+    context: dg.AssetExecutionContext, store: ObjectStore, taxonomy: Taxonomy
+) -> dg.MaterializeResult:
     """Daily full listing of the raw bucket (in its own run) against the object tables: missed events recovered."""
     result = reconcile(store, store.raw_bucket, store.lake_bucket, taxonomy)
     for group in result.touched:
@@ -30,7 +32,9 @@ def raw_reconciliation(context: dg.AssetExecutionContext, store: ObjectStore, ta
         metadata={
             "listed_objects": result.listed,
             "groups_with_differences": len(result.touched),
-            "differences": dg.MetadataValue.md(markdown_table(["group", "missing", "changed", "gone"], rows, limit=200)),
+            "differences": dg.MetadataValue.md(
+                markdown_table(["group", "missing", "changed", "gone"], rows, limit=200)
+            ),
             "unknown_species_folders": dg.MetadataValue.json(result.unknown_folders[:200]),
             "objects_outside_layout": result.outside_layout,
             "seconds": round(result.seconds, 2),
@@ -49,7 +53,9 @@ def registered_data(registry: MlflowRegistry) -> list[ModelData]:
     found = []
     for version in registry.search_versions(MODEL_FILTER):
         tags = version.tags or {}
-        found.append(ModelData(version.name, str(version.version), tags.get("dataset_version", ""), tags.get("dataset_uri", "")))
+        found.append(
+            ModelData(version.name, str(version.version), tags.get("dataset_version", ""), tags.get("dataset_uri", ""))
+        )
     return found
 
 
@@ -60,8 +66,12 @@ def lake_garbage_collection(
     """Deletes lake files no current state, recent dataset version or registered model refers to."""
     models = registered_data(registry)
     result = collect_garbage(
-        store, store.lake_bucket, models, keep_versions=config.keep_versions,
-        min_age=timedelta(hours=config.min_age_hours), dry_run=config.dry_run,
+        store,
+        store.lake_bucket,
+        models,
+        keep_versions=config.keep_versions,
+        min_age=timedelta(hours=config.min_age_hours),
+        dry_run=config.dry_run,
     )
     verb = "would delete" if result.dry_run else "deleted"
     context.log.info(f"{verb} {len(result.garbage)} files ({result.garbage_bytes / 1e6:.1f} MB)")

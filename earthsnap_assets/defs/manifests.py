@@ -43,8 +43,13 @@ def validated_manifest(
         )
     report = result.report
     ref = ManifestRef(
-        group, result.group_version, store.lake_bucket, result.segment_key, result.report_key,
-        report["accepted"], report["rejected"],
+        group,
+        result.group_version,
+        store.lake_bucket,
+        result.segment_key,
+        result.report_key,
+        report["accepted"],
+        report["rejected"],
     )
     context.log.info(f"{group}: {result.group_version}; {result.changed} rows changed, {result.removed} removed")
     yield dg.Output(

@@ -67,7 +67,10 @@ def taxonomy(context: dg.AssetExecutionContext, store: ObjectStore) -> dg.Output
     unknown = sorted(folders - set(parsed.species_to_group))
     if unknown:
         context.log.warning(f"image folders not in taxonomy.csv (no group takes their images): {unknown}")
-    rows = [(g, len(members), ", ".join(members[:20]) + (" ..." if len(members) > 20 else "")) for g, members in parsed.by_group.items()]
+    rows = [
+        (g, len(members), ", ".join(members[:20]) + (" ..." if len(members) > 20 else ""))
+        for g, members in parsed.by_group.items()
+    ]
     return dg.Output(
         parsed,
         data_version=dg.DataVersion(parsed.fingerprint()),
@@ -111,9 +114,7 @@ def raw_images(
     if group not in taxonomy.by_group:
         raise dg.Failure(f"species group {group!r} is not in taxonomy.csv any more")
     settings = IntakeConfig(dataset.rules(), dataset.preprocess(), workers=config.workers, relist=config.relist)
-    result = intake_group(
-        store, store.raw_bucket, store.lake_bucket, group, taxonomy.species_in(group), settings
-    )
+    result = intake_group(store, store.raw_bucket, store.lake_bucket, group, taxonomy.species_in(group), settings)
     context.log.info(
         f"{group}: {result.events} pending events, listed {len(result.listed_species)} species folders, "
         f"decoded {result.decoded}, deleted {result.deleted}, revalidating {result.revalidated}"

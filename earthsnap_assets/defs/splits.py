@@ -39,8 +39,14 @@ def dataset_splits(
     result = build_layout(store, store.raw_bucket, store.lake_bucket, group, dataset.layout(config.workers))
     species = sorted({s for per in result.counts.values() for s in per})
     ref = DatasetRef(
-        result.group_version, result.layout_id, store.lake_bucket, result.index_key, dataset.image_size,
-        labels={group: species}, counts=result.counts, group=group,
+        result.group_version,
+        result.layout_id,
+        store.lake_bucket,
+        result.index_key,
+        dataset.image_size,
+        labels={group: species},
+        counts=result.counts,
+        group=group,
     )
     totals = {split: sum(per.values()) for split, per in result.counts.items()}
     context.log.info(f"{group}: {totals}; {result.added_rows} new rows, reused={result.reused}")

@@ -30,8 +30,12 @@ def dataset_version(store: ObjectStore, dataset: DatasetSettings, taxonomy: Taxo
         raise dg.Failure(str(exc)) from exc
     rows = [(g, v["group_version"], v["accepted"], v["rejected"]) for g, v in sorted(result.groups.items())]
     return dg.Output(
-        VersionRef(result.dataset_version, store.lake_bucket, result.manifest_key,
-                   {g: v["group_version"] for g, v in result.groups.items()}),
+        VersionRef(
+            result.dataset_version,
+            store.lake_bucket,
+            result.manifest_key,
+            {g: v["group_version"] for g, v in result.groups.items()},
+        ),
         data_version=dg.DataVersion(result.dataset_version),
         metadata={
             "dataset_version": result.dataset_version,
@@ -39,7 +43,9 @@ def dataset_version(store: ObjectStore, dataset: DatasetSettings, taxonomy: Taxo
             "dagster/row_count": result.totals["accepted"],
             **result.totals,
             "new_version": result.created,
-            "groups_table": dg.MetadataValue.md(markdown_table(["group", "version", "accepted", "rejected"], rows, limit=200)),
+            "groups_table": dg.MetadataValue.md(
+                markdown_table(["group", "version", "accepted", "rejected"], rows, limit=200)
+            ),
         },
     )
 
@@ -66,19 +72,36 @@ def parent_sample(
     heads = {g: load_head(store, store.lake_bucket, paths.layout_head(layout.layout_id, g)) for g in taxonomy.groups}
     stale = sorted(g for g, h in heads.items() if h.get("group_version") != dataset_version.groups.get(g))
     if stale:
-        raise dg.Failure(f"dataset_splits of {stale} do not match {dataset_version.dataset_version}: materialize them first")
+        raise dg.Failure(
+            f"dataset_splits of {stale} do not match {dataset_version.dataset_version}: materialize them first"
+        )
     labels = {g: sorted({s for per in h.value["counts"].values() for s in per}) for g, h in heads.items()}
     result = build_sample(
-        store, store.lake_bucket, layout.layout_id, {g: h.value["index"] for g, h in heads.items()},
-        dataset_version.dataset_version, labels, dataset.sample(),
+        store,
+        store.lake_bucket,
+        layout.layout_id,
+        {g: h.value["index"] for g, h in heads.items()},
+        dataset_version.dataset_version,
+        labels,
+        dataset.sample(),
     )
-    record_layout(store, store.lake_bucket, dataset_version.dataset_version, layout.layout_id,
-                  {g: {"index": h.value["index"], "group_version": h.value["group_version"]} for g, h in heads.items()})
+    record_layout(
+        store,
+        store.lake_bucket,
+        dataset_version.dataset_version,
+        layout.layout_id,
+        {g: {"index": h.value["index"], "group_version": h.value["group_version"]} for g, h in heads.items()},
+    )
     committed = result.committed
     context.log.info(f"parent sample: {result.reason}")
     ref = DatasetRef(
-        committed["dataset_version"], layout.layout_id, store.lake_bucket, committed["index"], dataset.image_size,
-        labels=committed["labels"], counts=committed["counts"],
+        committed["dataset_version"],
+        layout.layout_id,
+        store.lake_bucket,
+        committed["index"],
+        dataset.image_size,
+        labels=committed["labels"],
+        counts=committed["counts"],
     )
     return dg.Output(
         ref,

@@ -29,7 +29,13 @@ class CaptureResult:
 
 
 def capture(
-    source: EventSource, blobs: VersionedBlobs, lake_bucket: str, cursor: str | None, *, max_events: int, timeout_s: float
+    source: EventSource,
+    blobs: VersionedBlobs,
+    lake_bucket: str,
+    cursor: str | None,
+    *,
+    max_events: int,
+    timeout_s: float,
 ) -> CaptureResult:
     """One bounded poll: events appended to their groups' change logs before the cursor may move on."""
     started = time.perf_counter()

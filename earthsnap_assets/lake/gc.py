@@ -50,7 +50,9 @@ class GcResult:
 
 def _groups(blobs: VersionedBlobs, bucket: str, prefix: str) -> list[str]:
     """Groups with a head under `prefix` (`objects/`, `manifests/`, `datasets/<layout>/`)."""
-    return sorted({k[len(prefix) :].split("/", 1)[0] for k in blobs.list_keys(bucket, prefix) if k.endswith("/head.json")})
+    return sorted(
+        {k[len(prefix) :].split("/", 1)[0] for k in blobs.list_keys(bucket, prefix) if k.endswith("/head.json")}
+    )
 
 
 def _layouts(blobs: VersionedBlobs, bucket: str) -> list[str]:
@@ -168,5 +170,13 @@ def collect_garbage(
     if not dry_run:
         blobs.delete_many(bucket, garbage)
     by_prefix = Counter(k.split("/", 1)[0] + "/" for k in garbage)
-    return GcResult(dry_run, len(live), garbage, size, dict(sorted(by_prefix.items())), len(models), kept,
-                    time.perf_counter() - started)
+    return GcResult(
+        dry_run,
+        len(live),
+        garbage,
+        size,
+        dict(sorted(by_prefix.items())),
+        len(models),
+        kept,
+        time.perf_counter() - started,
+    )

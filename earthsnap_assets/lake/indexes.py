@@ -36,7 +36,9 @@ from earthsnap_assets.lake.tables import put_content_addressed, read_table, tabl
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SHA_SCHEMA = pa.schema([("sha256", pa.string()), ("group", pa.string()), ("key", pa.string()), ("species", pa.string())])
+SHA_SCHEMA = pa.schema(
+    [("sha256", pa.string()), ("group", pa.string()), ("key", pa.string()), ("species", pa.string())]
+)
 BAND_SCHEMA = pa.schema(
     [
         ("dhash", pa.uint64()),
@@ -76,7 +78,9 @@ def copy_verdicts(copies: Iterable[Copy]) -> dict[tuple[str, str], Verdict]:
         verdicts = {}
         for c in copies:
             others = ", ".join(o.key for o in copies if o.key != c.key)
-            verdicts[(c.group, c.key)] = Verdict(False, "conflicting_labels", f"same content under species {species}: {others}")
+            verdicts[(c.group, c.key)] = Verdict(
+                False, "conflicting_labels", f"same content under species {species}: {others}"
+            )
         return verdicts
     kept = copies[0].key if copies else ""
     return {
@@ -192,9 +196,16 @@ class IndexTransaction:
         if table.num_rows == 0:
             return table
         # a pair found in two bands is one pair
-        keys = [f"{p}\t{g}\t{s}" for p, g, s in zip(table["probe"].to_pylist(), table["group"].to_pylist(), table["sha256"].to_pylist(), strict=True)]
+        keys = [
+            f"{p}\t{g}\t{s}"
+            for p, g, s in zip(
+                table["probe"].to_pylist(), table["group"].to_pylist(), table["sha256"].to_pylist(), strict=True
+            )
+        ]
         _, first = np.unique(np.array(keys, dtype=object), return_index=True)
-        return table.take(pa.array(np.sort(first))).sort_by([("probe", "ascending"), ("distance", "ascending"), ("sha256", "ascending")])
+        return table.take(pa.array(np.sort(first))).sort_by(
+            [("probe", "ascending"), ("distance", "ascending"), ("sha256", "ascending")]
+        )
 
     def replace_bands(self, group: str, removed: pa.Table, added: pa.Table) -> None:
         """Drop `group`'s entries for `removed` (dhash, sha256) rows, enter `added` (BAND_SCHEMA) rows."""
@@ -215,7 +226,11 @@ class IndexTransaction:
                 self._store(f"band{band}", number, table)
 
     def commit(self) -> None:
-        value = {"sha_buckets": self.sha_buckets, "band_buckets": self.band_buckets, "files": dict(sorted(self.files.items()))}
+        value = {
+            "sha_buckets": self.sha_buckets,
+            "band_buckets": self.band_buckets,
+            "files": dict(sorted(self.files.items())),
+        }
         commit_head(self.blobs, self.bucket, self.head, value)
 
 

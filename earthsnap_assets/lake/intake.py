@@ -152,7 +152,13 @@ def _row(key: str, etag: str, check: ImageCheck, group: str, first_seen: int, no
 
 
 def _write_packs(
-    blobs: VersionedBlobs, bucket: str, group: str, preprocess: str, rows: list[dict], pixels: dict[str, np.ndarray], size: int
+    blobs: VersionedBlobs,
+    bucket: str,
+    group: str,
+    preprocess: str,
+    rows: list[dict],
+    pixels: dict[str, np.ndarray],
+    size: int,
 ) -> None:
     """Store the pixels of ok rows in packs and point each row at its pack and row."""
     ok = [r for r in rows if r["verdict"] == OK and r["key"] in pixels]
@@ -171,7 +177,11 @@ def _state_sum(objects: GroupObjects, head_sum: str | None, new_rows: list[dict]
     if changed:
         old = objects.state.filter(pa.compute.is_in(objects.state["key"], pa.array(sorted(changed))))
         for key, etag, verdict, seen in zip(
-            old["key"].to_pylist(), old["etag"].to_pylist(), old["verdict"].to_pylist(), old["seen_ns"].to_pylist(), strict=True
+            old["key"].to_pylist(),
+            old["etag"].to_pylist(),
+            old["verdict"].to_pylist(),
+            old["seen_ns"].to_pylist(),
+            strict=True,
         ):
             if verdict != DELETED:
                 total = (total - row_digest(key, etag or "", verdict, seen)) & _MASK

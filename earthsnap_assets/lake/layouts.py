@@ -104,7 +104,13 @@ def _decode(data: bytes, key: str, config: PreprocessConfig) -> np.ndarray:
 
 
 def _write_shards(
-    blobs: VersionedBlobs, bucket: str, group: str, layout: str, rows: list[dict], pixels: dict[str, np.ndarray], size: int
+    blobs: VersionedBlobs,
+    bucket: str,
+    group: str,
+    layout: str,
+    rows: list[dict],
+    pixels: dict[str, np.ndarray],
+    size: int,
 ) -> list[dict]:
     """Chunks of `size` rows per split as content-addressed shards; returns index rows."""
     out = []
@@ -166,14 +172,28 @@ def build_layout(
     head = load_head(blobs, lake_bucket, paths.layout_head(layout, group))
     if head.get("group_version") == manifest["group_version"]:
         index = read_table(blobs, lake_bucket, head.get("index"))
-        return LayoutResult(group, manifest["group_version"], layout, head.get("index"), counts_of(index),
-                            len(set(index["shard"].to_pylist())), 0, 0, True, [], time.perf_counter() - started)
+        return LayoutResult(
+            group,
+            manifest["group_version"],
+            layout,
+            head.get("index"),
+            counts_of(index),
+            len(set(index["shard"].to_pylist())),
+            0,
+            0,
+            True,
+            [],
+            time.perf_counter() - started,
+        )
     accepted = segment.filter(pc.equal(segment["verdict"], ACCEPTED)).to_pylist()
     wanted = {(r["sha256"], r["split"]) for r in accepted}
     previous = read_table(blobs, lake_bucket, head.get("index")).to_pylist() if head.exists else []
     kept = [r for r in previous if (r["sha256"], r["split"]) in wanted]
     have = {(r["sha256"], r["split"]) for r in kept}
-    arriving = sorted((r for r in accepted if (r["sha256"], r["split"]) not in have), key=lambda r: (r["split"], r["species"], r["sha256"]))
+    arriving = sorted(
+        (r for r in accepted if (r["sha256"], r["split"]) not in have),
+        key=lambda r: (r["split"], r["species"], r["sha256"]),
+    )
     pixels, decoded = _pixels(blobs, raw_bucket, lake_bucket, arriving, config)
     index = kept + _write_shards(blobs, lake_bucket, group, layout, arriving, pixels, config.shard_size)
     index, compacted = _compact(blobs, lake_bucket, group, layout, index, config)
@@ -193,5 +213,16 @@ def build_layout(
         "counts": counts,
     }
     commit_head(blobs, lake_bucket, head, value)
-    return LayoutResult(group, manifest["group_version"], layout, index_key, counts, len(shards), len(arriving),
-                        decoded, False, compacted, time.perf_counter() - started)
+    return LayoutResult(
+        group,
+        manifest["group_version"],
+        layout,
+        index_key,
+        counts,
+        len(shards),
+        len(arriving),
+        decoded,
+        False,
+        compacted,
+        time.perf_counter() - started,
+    )

@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from earthsnap_assets.hashing import fingerprint
 from earthsnap_assets.lake import paths
@@ -96,7 +95,9 @@ def _changes(live: dict[str, dict], previous: dict[str, dict], everything: bool)
     if everything:
         return set(live), set(previous) - set(live)
     changed = {
-        k for k, row in live.items() if k not in previous or (previous[k]["etag"], previous[k]["seen_ns"]) != (row["etag"], row["seen_ns"])
+        k
+        for k, row in live.items()
+        if k not in previous or (previous[k]["etag"], previous[k]["seen_ns"]) != (row["etag"], row["seen_ns"])
     }
     return changed, set(previous) - set(live)
 
@@ -110,7 +111,12 @@ class _Draft:
 
 
 def _exact_copies(
-    txn: IndexTransaction, group: str, live: dict[str, dict], previous: dict[str, dict], changed: set[str], removed: set[str]
+    txn: IndexTransaction,
+    group: str,
+    live: dict[str, dict],
+    previous: dict[str, dict],
+    changed: set[str],
+    removed: set[str],
 ) -> _Draft:
     """Verdicts from the sha256 index: rows whose content was touched get a fresh verdict, others keep theirs."""
     gone = {k for k in changed | removed if k in previous and previous[k]["qa_ok"]}
@@ -126,7 +132,7 @@ def _exact_copies(
         for (other, key), verdict in new.items():
             if other != group and old.get((other, key)) != verdict:
                 draft.revalidate[other].add(key)
-        for (other, key) in old.keys() - new.keys():
+        for other, key in old.keys() - new.keys():
             if other != group:
                 draft.revalidate[other].add(key)
     touched = set(copies)
@@ -152,15 +158,25 @@ def _segment_fields(row: dict) -> dict:
 
 
 def _clusters_and_splits(
-    txn: IndexTransaction, group: str, draft: _Draft, previous: dict[str, dict], changed: set[str], config: ManifestConfig
+    txn: IndexTransaction,
+    group: str,
+    draft: _Draft,
+    previous: dict[str, dict],
+    changed: set[str],
+    config: ManifestConfig,
 ) -> tuple[pa.Table, pa.Table]:
     """Cluster and split of every newly accepted row; returns the band-index rows to drop and to add."""
     rows = draft.rows
-    kept = {k for k, r in rows.items() if r["verdict"] == ACCEPTED and k not in changed and previous.get(k, {}).get("verdict") == ACCEPTED}
+    kept = {
+        k
+        for k, r in rows.items()
+        if r["verdict"] == ACCEPTED and k not in changed and previous.get(k, {}).get("verdict") == ACCEPTED
+    }
     arriving = sorted(k for k, r in rows.items() if r["verdict"] == ACCEPTED and k not in kept)
     leaving = [previous[k] for k in previous if previous[k]["verdict"] == ACCEPTED and k not in kept]
     removed = pa.Table.from_pylist(
-        [{"dhash": r["dhash"] or 0, "sha256": r["sha256"]} for r in leaving], schema=pa.schema([BAND_SCHEMA.field("dhash"), BAND_SCHEMA.field("sha256")])
+        [{"dhash": r["dhash"] or 0, "sha256": r["sha256"]} for r in leaving],
+        schema=pa.schema([BAND_SCHEMA.field("dhash"), BAND_SCHEMA.field("sha256")]),
     )
     hashes = np.array([rows[k]["dhash"] or 0 for k in arriving], dtype=np.uint64)
     ignore = {r["sha256"] for r in leaving} | {rows[k]["sha256"] for k in arriving}
@@ -204,9 +220,7 @@ def _clusters_and_splits(
     by_sha = {rows[k]["sha256"]: k for k in arriving}
     for sha, split in fill_quotas(fresh, current, totals, config.splits).items():
         rows[by_sha[sha]]["split"] = split
-    added = pa.Table.from_pylist(
-        [{f: rows[k][f] for f in BAND_SCHEMA.names} for k in arriving], schema=BAND_SCHEMA
-    )
+    added = pa.Table.from_pylist([{f: rows[k][f] for f in BAND_SCHEMA.names} for k in arriving], schema=BAND_SCHEMA)
     return removed, added
 
 
@@ -324,7 +338,9 @@ def load_segment(blobs: VersionedBlobs, bucket: str, group: str) -> tuple[dict, 
     """The group's current manifest head and segment; a clear error before the group was validated."""
     head = load_head(blobs, bucket, paths.manifest_head(group))
     if not head.exists:
-        raise FileNotFoundError(f"species group {group!r} has no validated manifest yet: materialize validated_manifest[{group}]")
+        raise FileNotFoundError(
+            f"species group {group!r} has no validated manifest yet: materialize validated_manifest[{group}]"
+        )
     return head.value, read_table(blobs, bucket, head.value["segment"])
 
 

@@ -161,5 +161,15 @@ def sample_chunk(layout: str, group: str, digest: str) -> str:
     """A group's share of the sample: `<name>.parquet` rows (named by its inputs), pixels in a `<digest>.npy`."""
     return f"samples/{layout}/chunks/{check_group(group)}/{digest}"
 
+
 # Everything the garbage collector may consider; anything else in the lake is never touched by it.
-COLLECTABLE_PREFIXES = ("changes/", "objects/", "pixels/", "indexes/", "manifests/", "datasets/", "versions/", "samples/")
+COLLECTABLE_PREFIXES = (
+    "changes/",
+    "objects/",
+    "pixels/",
+    "indexes/",
+    "manifests/",
+    "datasets/",
+    "versions/",
+    "samples/",
+)

@@ -24,11 +24,11 @@ from earthsnap_assets.refs import DatasetRef
 
 @dataclass(frozen=True)
 class DataConfig:
-    rules: QualityRules = QualityRules()
-    splits: SplitConfig = SplitConfig()
+    rules: QualityRules = field(default_factory=QualityRules)
+    splits: SplitConfig = field(default_factory=SplitConfig)
     image_size: int = 64
     shard_size: int = 1024
-    sample: SampleConfig = SampleConfig()
+    sample: SampleConfig = field(default_factory=SampleConfig)
     workers: int = 8
 
     def intake(self) -> IntakeConfig:
@@ -50,8 +50,14 @@ class GroupRun:
     def ref(self, bucket: str, image_size: int) -> DatasetRef:
         species = sorted({s for per in self.layout.counts.values() for s in per})
         return DatasetRef(
-            self.layout.group_version, self.layout.layout_id, bucket, self.layout.index_key, image_size,
-            labels={self.layout.group: species}, counts=self.layout.counts, group=self.layout.group,
+            self.layout.group_version,
+            self.layout.layout_id,
+            bucket,
+            self.layout.index_key,
+            image_size,
+            labels={self.layout.group: species},
+            counts=self.layout.counts,
+            group=self.layout.group,
         )
 
 
@@ -88,15 +94,30 @@ def prepare_dataset(
     layout = config.layout().layout_id
     labels = {g: sorted({s for per in r.layout.counts.values() for s in per}) for g, r in runs.items()}
     sample = build_sample(
-        blobs, lake_bucket, layout, {g: r.layout.index_key for g, r in runs.items()}, version.dataset_version,
-        labels, config.sample,
+        blobs,
+        lake_bucket,
+        layout,
+        {g: r.layout.index_key for g, r in runs.items()},
+        version.dataset_version,
+        labels,
+        config.sample,
     )
-    record_layout(blobs, lake_bucket, version.dataset_version, layout,
-                  {g: {"index": r.layout.index_key, "group_version": r.layout.group_version} for g, r in runs.items()})
+    record_layout(
+        blobs,
+        lake_bucket,
+        version.dataset_version,
+        layout,
+        {g: {"index": r.layout.index_key, "group_version": r.layout.group_version} for g, r in runs.items()},
+    )
     committed = sample.committed
     sample_ref = DatasetRef(
-        committed["dataset_version"], layout, lake_bucket, committed["index"], config.image_size,
-        labels=committed["labels"], counts=committed["counts"],
+        committed["dataset_version"],
+        layout,
+        lake_bucket,
+        committed["index"],
+        config.image_size,
+        labels=committed["labels"],
+        counts=committed["counts"],
     )
     refs = {g: r.ref(lake_bucket, config.image_size) for g, r in runs.items()}
     return PreparedData(runs, version, sample, sample_ref, refs)

@@ -31,7 +31,9 @@ class ReconcileResult:
         return sorted(g for g, c in self.groups.items() if any(c.values()))
 
 
-def reconcile(store, raw_bucket: str, lake_bucket: str, taxonomy: Taxonomy, now_ns: int | None = None) -> ReconcileResult:
+def reconcile(
+    store, raw_bucket: str, lake_bucket: str, taxonomy: Taxonomy, now_ns: int | None = None
+) -> ReconcileResult:
     """Compare every group's species folders with its object table; append the differences as events."""
     started = time.perf_counter()
     now = now_ns or time.time_ns()
@@ -48,7 +50,9 @@ def reconcile(store, raw_bucket: str, lake_bucket: str, taxonomy: Taxonomy, now_
                     listed[obj.key] = obj.etag
         listed_total += len(listed)
         events = [RawEvent(k, "put", e, None, now, "reconciliation") for k, e in listed.items() if k not in live]
-        changed = [RawEvent(k, "put", e, None, now, "reconciliation") for k, e in listed.items() if k in live and live[k] != e]
+        changed = [
+            RawEvent(k, "put", e, None, now, "reconciliation") for k, e in listed.items() if k in live and live[k] != e
+        ]
         gone = [RawEvent(k, "delete", None, None, now, "reconciliation") for k in live if k not in listed]
         append_batch(store, lake_bucket, group, events + changed + gone)
         found[group] = {"missing": len(events), "changed": len(changed), "gone": len(gone)}

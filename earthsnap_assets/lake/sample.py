@@ -88,7 +88,9 @@ def _chunk(blobs: VersionedBlobs, bucket: str, layout: str, group: str, index_ke
     shards = {key: read_shard(blobs, bucket, key) for key in sorted({r["shard"] for r in rows})}
     size = next(iter(shards.values())).shape[1] if shards else 0
     pixels = np.stack([shards[r["shard"]][r["row"]] for r in rows]) if rows else np.zeros((0, size, size, 3), np.uint8)
-    shard = put_content_addressed(blobs, bucket, lambda d: paths.sample_chunk(layout, group, d) + ".npy", pack_arrays(pixels))
+    shard = put_content_addressed(
+        blobs, bucket, lambda d: paths.sample_chunk(layout, group, d) + ".npy", pack_arrays(pixels)
+    )
     table = pa.Table.from_pylist([{**r, "shard": shard, "row": i} for i, r in enumerate(rows)], schema=INDEX_SCHEMA)
     blobs.write(bucket, name + ".parquet", table_bytes(table))  # written last: its presence means complete
     return name
@@ -117,13 +119,18 @@ def build_sample(
     previous = head.get("candidate") or {}
     chunks, reused, built = {}, [], []
     for group, index_key in sorted(groups.items()):
-        if previous.get("groups", {}).get(group, {}).get("index") == index_key and previous.get("config") == config.fingerprint():
+        if (
+            previous.get("groups", {}).get(group, {}).get("index") == index_key
+            and previous.get("config") == config.fingerprint()
+        ):
             chunks[group] = previous["groups"][group]["chunk"]
             reused.append(group)
         else:
             chunks[group] = _chunk(blobs, bucket, layout, group, index_key, config)
             built.append(group)
-    table = pa.concat_tables([read_table(blobs, bucket, chunks[g] + ".parquet") for g in sorted(chunks)] or [INDEX_SCHEMA.empty_table()])
+    table = pa.concat_tables(
+        [read_table(blobs, bucket, chunks[g] + ".parquet") for g in sorted(chunks)] or [INDEX_SCHEMA.empty_table()]
+    )
     digest = fingerprint({"chunks": chunks}, 24)
     index_key = put_content_addressed(blobs, bucket, lambda _d: paths.sample_index(layout, digest), table_bytes(table))
     candidate = {
@@ -146,7 +153,10 @@ def build_sample(
     elif share > config.retrain_share:
         moved, reason = True, f"{share:.1%} of the sample changed (> {config.retrain_share:.0%})"
     else:
-        moved, reason = False, f"{share:.1%} of the sample changed (<= {config.retrain_share:.0%}): the parent keeps its sample"
+        moved, reason = (
+            False,
+            f"{share:.1%} of the sample changed (<= {config.retrain_share:.0%}): the parent keeps its sample",
+        )
     if moved:
         committed = candidate
     commit_head(blobs, bucket, head, {"committed": committed, "candidate": candidate})

@@ -104,7 +104,9 @@ class MemoryBlobs:
 
     def list_objects(self, bucket: str, prefix: str, start_after: str = "") -> list[StoredObject]:
         return [
-            StoredObject(k, md5_hex(self.objects[(bucket, k)]), len(self.objects[(bucket, k)]), self.modified[(bucket, k)])
+            StoredObject(
+                k, md5_hex(self.objects[(bucket, k)]), len(self.objects[(bucket, k)]), self.modified[(bucket, k)]
+            )
             for k in self.list_keys(bucket, prefix, start_after)
         ]
 

@@ -54,7 +54,9 @@ def build_version(blobs: VersionedBlobs, bucket: str, taxonomy: Taxonomy, config
     heads = {g: load_head(blobs, bucket, paths.manifest_head(g)) for g in taxonomy.groups}
     missing = sorted(g for g, h in heads.items() if not h.exists)
     if missing:
-        raise IncompleteVersion(f"groups without a validated manifest: {missing}; materialize validated_manifest for them")
+        raise IncompleteVersion(
+            f"groups without a validated manifest: {missing}; materialize validated_manifest for them"
+        )
     stale = sorted(g for g, h in heads.items() if h.get("config") != config.fingerprint())
     if stale:
         raise IncompleteVersion(f"groups validated under other rules or splits: {stale}; materialize them again")
@@ -70,7 +72,11 @@ def build_version(blobs: VersionedBlobs, bucket: str, taxonomy: Taxonomy, config
         }
     taxonomy_key = save_taxonomy(blobs, bucket, taxonomy)
     version = "dv-" + fingerprint(
-        {"config": config.fingerprint(), "taxonomy": taxonomy.fingerprint(), "groups": {g: v["group_version"] for g, v in groups.items()}}
+        {
+            "config": config.fingerprint(),
+            "taxonomy": taxonomy.fingerprint(),
+            "groups": {g: v["group_version"] for g, v in groups.items()},
+        }
     )
     totals = {"groups": len(groups), **{k: sum(v[k] for v in groups.values()) for k in ("accepted", "rejected")}}
     key = paths.version_manifest(version)
@@ -105,8 +111,16 @@ def verify_version(blobs: VersionedBlobs, bucket: str, dataset_version: str, con
     return problems
 
 
-def record_layout(blobs: VersionedBlobs, bucket: str, dataset_version: str, layout: str, groups: dict[str, dict]) -> str:
+def record_layout(
+    blobs: VersionedBlobs, bucket: str, dataset_version: str, layout: str, groups: dict[str, dict]
+) -> str:
     """Which training index of every group a version's layout is (what training and GC look up)."""
     key = paths.version_layout(dataset_version, layout)
-    blobs.write(bucket, key, json.dumps({"dataset_version": dataset_version, "layout": layout, "groups": groups}, indent=2, sort_keys=True).encode())
+    blobs.write(
+        bucket,
+        key,
+        json.dumps(
+            {"dataset_version": dataset_version, "layout": layout, "groups": groups}, indent=2, sort_keys=True
+        ).encode(),
+    )
     return key

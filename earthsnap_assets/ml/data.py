@@ -60,8 +60,16 @@ class DatasetIndex:
         return [{"name": k, "group": g, "split": split, "count": n} for (k, g), n in sorted(counts.items())]
 
 
-def load_index(blobs: Blobs, bucket: str, key: str, *, image_size: int, labels: dict[str, list[str]],
-               dataset_version: str, layout_id: str) -> DatasetIndex:
+def load_index(
+    blobs: Blobs,
+    bucket: str,
+    key: str,
+    *,
+    image_size: int,
+    labels: dict[str, list[str]],
+    dataset_version: str,
+    layout_id: str,
+) -> DatasetIndex:
     """A training index as stored in the lake (its rows are small: no pixels)."""
     return DatasetIndex(read_table(blobs, bucket, key), image_size, labels, dataset_version, layout_id, key)
 

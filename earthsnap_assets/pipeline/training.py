@@ -8,9 +8,9 @@ import logging
 import numpy as np
 import torch
 
+from earthsnap_assets.hashing import fingerprint
 from earthsnap_assets.ml.checkpoints import LakeCheckpoints
 from earthsnap_assets.ml.data import DatasetIndex
-from earthsnap_assets.hashing import fingerprint
 from earthsnap_assets.ml.models import create_classifier
 from earthsnap_assets.ml.train import TrainConfig, train_classifier
 from earthsnap_assets.ml.transforms import MEAN, STD, to_model_input

@@ -84,7 +84,9 @@ class Buckets:
             chain = ["raw_images", "validated_manifest", "dataset_splits"]
             results[group] = self.materialize(assets, run_config, chain, raise_on_error, partition=group)
         if all(r.success for r in results.values()):
-            results["fan_in"] = self.materialize(assets, run_config, ["dataset_version", "parent_sample"], raise_on_error)
+            results["fan_in"] = self.materialize(
+                assets, run_config, ["dataset_version", "parent_sample"], raise_on_error
+            )
         return results
 
 

@@ -13,8 +13,8 @@ from dagster_aws.s3.compute_log_manager import S3ComputeLogManager
 from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
 
 from earthsnap_assets.defs.raw_images import raw_images, taxonomy
-from earthsnap_assets.ingest import ingest
 from earthsnap_assets.demo.synthetic import SyntheticSpec, generate_dataset
+from earthsnap_assets.ingest import ingest
 from earthsnap_assets.resources.lake_io_manager import LakeIOManager
 from earthsnap_assets.resources.object_store import ObjectStore
 from earthsnap_assets_tests.deploy.production_dagster import DEPLOY, instance_env

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from earthsnap_assets.lake.storage import MemoryBlobs, unpack_arrays
 from earthsnap_assets.ml.data import (
     ShardStream,
     balanced_sample,
@@ -16,7 +17,6 @@ from earthsnap_assets.ml.data import (
     make_loader,
     parent_task,
 )
-from earthsnap_assets.lake.storage import MemoryBlobs, unpack_arrays
 from earthsnap_assets_tests.ml.training_fixtures import LAKE_IMAGE_SIZE, LAKE_SPECIES, TinyLake, build_tiny_lake
 
 

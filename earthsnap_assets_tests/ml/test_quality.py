@@ -13,6 +13,7 @@ from earthsnap_assets.ml.quality import ImageCheck, QualityRules, dhash, inspect
 def hamming(a: str, b: str) -> int:
     return (int(a, 16) ^ int(b, 16)).bit_count()
 
+
 # --- rejections, one per reason -------------------------------------------------------------------------------
 
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from earthsnap_assets.lake.storage import MemoryBlobs
 from earthsnap_assets.ml import train as train_module
 from earthsnap_assets.ml.checkpoints import LakeCheckpoints, MemoryCheckpoints
 from earthsnap_assets.ml.data import ShardStream, child_task, load_split
 from earthsnap_assets.ml.models import create_classifier
-from earthsnap_assets.lake.storage import MemoryBlobs
 from earthsnap_assets.ml.train import (
     TrainConfig,
     WarmupCosine,
