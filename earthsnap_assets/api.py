@@ -52,3 +52,46 @@ def wait(url: str, run_id: str, timeout: float = 900.0, poll: float = 2.0) -> st
             return state
         time.sleep(poll)
     raise TimeoutError(f"run {run_id} did not finish in {timeout:.0f} s (last status {state})")
+
+
+SENSOR_QUERY = """
+query Sensor($selector: SensorSelector!) {
+  sensorOrError(sensorSelector: $selector) {
+    __typename
+    ... on Sensor { id sensorState { status } }
+    ... on PythonError { message }
+  }
+}
+"""
+START_SENSOR = """
+mutation Start($selector: SensorSelector!) {
+  startSensor(sensorSelector: $selector) { __typename ... on Sensor { sensorState { status } } ... on PythonError { message } }
+}
+"""
+STOP_SENSOR = """
+mutation Stop($id: String!) {
+  stopSensor(id: $id) {
+    __typename
+    ... on StopSensorMutationResult { instigationState { status } }
+    ... on PythonError { message }
+  }
+}
+"""
+
+
+def set_sensor(url: str, name: str, running: bool, location: str = "earthsnap") -> str:
+    """Turn a sensor on or off, as its toggle in the UI does; returns its status afterwards."""
+    client = _client(url)
+    selector = {"repositoryLocationName": location, "repositoryName": "__repository__", "sensorName": name}
+    found = client._execute(SENSOR_QUERY, {"selector": selector})["sensorOrError"]
+    if found["__typename"] != "Sensor":
+        raise RuntimeError(f"sensor {name!r} not found at {url}: {found}")
+    if running:
+        result = client._execute(START_SENSOR, {"selector": selector})["startSensor"]
+        state = result.get("sensorState")
+    else:
+        result = client._execute(STOP_SENSOR, {"id": found["id"]})["stopSensor"]
+        state = result.get("instigationState")
+    if state is None:
+        raise RuntimeError(f"could not {'start' if running else 'stop'} sensor {name!r}: {result}")
+    return state["status"]

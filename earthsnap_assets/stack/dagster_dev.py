@@ -35,6 +35,12 @@ concurrency:
     tag_concurrency_limits:
       - key: earthsnap/deploy
         limit: 1
+      # one run per species group at a time: a group's tables have one writer (automation and a user's
+      # backfill of the same group queue behind each other instead of racing)
+      - key: dagster/partition
+        value:
+          applyLimitPerUniqueValue: true
+        limit: 1
 """
 
 

@@ -1,14 +1,29 @@
-"""Launching the pipeline from another system: Dagster's GraphQL API on a real `dagster dev`."""
+"""A real `dagster dev` (webserver + daemon): uploads flow in on their own, and other systems can trigger runs.
 
+The daemon runs the change sensor (SeaweedFS's filer subscription) and the automation sensor for real: an
+upload becomes runs of exactly the touched groups without anyone launching anything.
+"""
+
+import time
+
+import dagster as dg
 import pytest
 
 from earthsnap_assets.api import trigger, wait
+from earthsnap_assets.demo.synthetic import SyntheticSpec, SyntheticSummary, generate_dataset
 from earthsnap_assets.ingest import ingest
 from earthsnap_assets.resources.object_store import ObjectStore
 from earthsnap_assets.stack import dagster_dev, stack_up
 from earthsnap_assets.stack.process import ManagedProcess
 
 pytestmark = pytest.mark.stack
+
+
+@pytest.fixture(scope="module")
+def clean_dataset(tmp_path_factory) -> SyntheticSummary:
+    """Two groups of good photos: production QA thresholds (as in dagster dev's code location) pass."""
+    spec = SyntheticSpec(groups=2, species_per_group=2, images_per_species=12, min_side=360, max_side=480, bad_files=False)
+    return generate_dataset(tmp_path_factory.mktemp("clean"), spec)
 
 
 @pytest.fixture(scope="module")
@@ -21,12 +36,45 @@ def dagster_url(stack):
         ManagedProcess(dagster_dev.NAME, stack.home).stop(dagster_dev.STOP_TIMEOUT)
 
 
-def test_data_pipeline_runs_when_triggered_over_graphql(dagster_url, small_dataset):
+def _latest(instance: dg.DagsterInstance, asset: str, partition: str | None = None):
+    if partition is None:
+        return instance.get_latest_materialization_event(dg.AssetKey(asset))
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=1
+    ).records
+    return records[0].event_log_entry if records else None
+
+
+def test_uploads_become_data_runs_through_change_capture_and_automation_alone(dagster_url, stack, clean_dataset):
     store = ObjectStore()  # the stack's default buckets, as the code location in dagster dev sees them
-    ingest(store, small_dataset.root, small_dataset.taxonomy_csv)
-    run_id = trigger(dagster_url, "data_pipeline", tags={"test": "api"})
+    time.sleep(20)  # the change sensor's first tick starts watching the bucket
+    ingest(store, clean_dataset.root, clean_dataset.taxonomy_csv)
+    groups = sorted(set(clean_dataset.species.values()))
+    with dg.DagsterInstance.from_config(str(dagster_dev.dagster_home(stack))) as instance:
+        deadline = time.monotonic() + 420
+        while time.monotonic() < deadline and _latest(instance, "dataset_version") is None:
+            time.sleep(5)
+        version = _latest(instance, "dataset_version")
+        assert version is not None, "no dataset_version after the upload: change capture or automation is stuck"
+        for group in groups:
+            event = _latest(instance, "validated_manifest", group)
+            assert event is not None, group
+            run = instance.get_run_by_id(event.run_id)
+            assert "earthsnap/launched_by" not in run.tags  # nobody triggered it: automation did
+        sensor_ticks = instance.get_ticks(
+            next(s for s in instance.all_instigator_state() if s.name == "raw_change_sensor").instigator_origin_id,
+            next(s for s in instance.all_instigator_state() if s.name == "raw_change_sensor").selector_id,
+        )
+        assert any(t.status == dg.TickStatus.SUCCESS for t in sensor_ticks)
+
+
+def test_a_group_runs_when_triggered_over_graphql(dagster_url, clean_dataset):
+    store = ObjectStore()
+    ingest(store, clean_dataset.root, clean_dataset.taxonomy_csv)  # nothing new: the first test uploaded it
+    group = sorted(set(clean_dataset.species.values()))[0]
+    run_id = trigger(dagster_url, "data_pipeline", partition=group, tags={"test": "api"})
     assert wait(dagster_url, run_id, timeout=300) == "SUCCESS"
-    assert any(k.startswith("manifests/") for k in store.list_keys(store.lake_bucket, "manifests/"))
+    assert store.exists(store.lake_bucket, f"manifests/{group}/head.json")
 
 
 def test_an_unknown_job_is_a_clear_error(dagster_url):

@@ -34,7 +34,7 @@ def test_a_training_run_waits_in_the_queue_for_a_gpu_slot_and_a_data_run_does_no
         assert claim.is_claimed
 
         training = launch(dagster.url, "parent_training")
-        data = launch(dagster.url, "data_pipeline")
+        data = launch(dagster.url, "taxonomy_update")
         wait_until(lambda: status(instance, data) != dg.DagsterRunStatus.QUEUED, 120, interval=2)
         time.sleep(12)  # two more dequeue passes of the daemon (every 5 s)
         assert status(instance, training) == dg.DagsterRunStatus.QUEUED

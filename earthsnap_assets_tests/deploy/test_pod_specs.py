@@ -55,9 +55,11 @@ def test_parent_training_puts_tuning_and_training_on_gpu_nodes_and_evaluation_el
 
 
 def test_data_steps_never_ask_for_a_gpu(k8s_instance):
-    jobs = step_jobs(k8s_instance, run_of(k8s_instance, "data_pipeline"))
-    assert {"raw_images", "taxonomy", "validated_manifest", "dataset_splits"} <= set(jobs)
-    for job in jobs.values():
+    group = step_jobs(k8s_instance, run_of(k8s_instance, "data_pipeline", partition="beetles"))
+    assert set(group) == {"raw_images", "validated_manifest", "dataset_splits"}  # one group's pods
+    fan_in = step_jobs(k8s_instance, run_of(k8s_instance, "dataset_release"))
+    assert set(fan_in) == {"dataset_version", "parent_sample"}
+    for job in [*group.values(), *fan_in.values()]:
         assert_plain_pod(job)
 
 

@@ -13,6 +13,7 @@ from dagster_aws.s3.compute_log_manager import S3ComputeLogManager
 from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
 
 from earthsnap_assets.defs.raw_images import raw_images, taxonomy
+from earthsnap_assets.resources.dataset import DatasetSettings
 from earthsnap_assets.demo.synthetic import SyntheticSpec, generate_dataset
 from earthsnap_assets.ingest import ingest
 from earthsnap_assets.resources.lake_io_manager import LakeIOManager
@@ -60,7 +61,7 @@ def test_gpu_work_is_limited_per_pool_and_per_run(production_home):
 
 
 def test_a_materialization_on_postgres_is_stored_and_its_step_logs_land_in_s3(production_home, tmp_path_factory):
-    """raw_images + taxonomy for real: runs, events and dynamic partitions survive in PostgreSQL."""
+    """taxonomy, then one group's raw_images partition, for real: runs, events and partitions survive in PostgreSQL."""
     data = generate_dataset(
         tmp_path_factory.mktemp("pg-data"),
         SyntheticSpec(groups=2, species_per_group=2, images_per_species=2, max_side=400, bad_files=False),
@@ -71,14 +72,16 @@ def test_a_materialization_on_postgres_is_stored_and_its_step_logs_land_in_s3(pr
     store.ensure_bucket(store.lake_bucket)
     ingest(store, data.root, data.taxonomy_csv)
 
+    resources = {"store": store, "io_manager": LakeIOManager(store=store), "dataset": DatasetSettings(image_size=32)}
     with dg.DagsterInstance.from_config(str(production_home)) as instance:
-        result = dg.materialize(
-            [raw_images, taxonomy],
-            resources={"store": store, "io_manager": LakeIOManager(store=store)},
-            instance=instance,
-        )
+        result = dg.materialize([raw_images, taxonomy], selection=["taxonomy"], resources=resources, instance=instance)
         assert result.success
         run_id = result.run_id
+        group = sorted(set(data.species.values()))[0]
+        intake = dg.materialize(
+            [raw_images, taxonomy], selection=["raw_images"], partition_key=group, resources=resources, instance=instance
+        )
+        assert intake.success
 
     # A new instance object: what follows comes from the database, not from memory.
     with dg.DagsterInstance.from_config(str(production_home)) as instance:
@@ -88,6 +91,8 @@ def test_a_materialization_on_postgres_is_stored_and_its_step_logs_land_in_s3(pr
         assert event is not None and event.run_id == run_id
         groups = set(data.species.values())
         assert set(instance.get_dynamic_partitions("species_group")) == groups
+        intake_event = instance.get_latest_materialization_event(dg.AssetKey("raw_images"))
+        assert intake_event is not None and intake_event.dagster_event.partition == group
 
         bucket = os.environ["DAGSTER_COMPUTE_LOGS_BUCKET"]
         prefix = instance.compute_log_manager.inst_data.config_dict["prefix"]

@@ -57,7 +57,7 @@ def test_chunked_candidates_give_the_same_pairs(monkeypatch):
 def test_identical_flat_photo_hashes_are_all_pairs_without_blowing_up_memory(monkeypatch):
     monkeypatch.setattr(nd, "MAX_CANDIDATES", 1000)
     hashes = np.zeros(300, dtype=np.uint64)  # blank photos all hash to 0
-    a, b = nd.pairs_within(hashes, 3)
+    a, _b = nd.pairs_within(hashes, 3)
     assert len(a) == 300 * 299 // 2
 
 
