@@ -65,7 +65,11 @@ query Sensor($selector: SensorSelector!) {
 """
 START_SENSOR = """
 mutation Start($selector: SensorSelector!) {
-  startSensor(sensorSelector: $selector) { __typename ... on Sensor { sensorState { status } } ... on PythonError { message } }
+  startSensor(sensorSelector: $selector) {
+    __typename
+    ... on Sensor { sensorState { status } }
+    ... on PythonError { message }
+  }
 }
 """
 STOP_SENSOR = """

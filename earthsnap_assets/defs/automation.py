@@ -26,12 +26,24 @@ def _when(changed: A) -> A:
 
 
 def new_events() -> A:
-    """Intake: new change-log entries were reported for the group (an observation, no data version), or the
-    group is new. The taxonomy is not a trigger: it reports `raw_changes` for exactly the groups it changed."""
-    reported = A.any_deps_match(A.newly_updated() & ~A.executed_with_root_target()).ignore(
-        dg.AssetSelection.assets("taxonomy")
+    """Something outside the asset reported new work for this group: change-log entries (`raw_changes`) for
+    intake, verdict deltas (`group_checks`) for the manifest. Observations have no data version; the other
+    dependencies (the taxonomy, the object table) are not triggers: they are reported through those."""
+    reported = A.any_deps_match(A.newly_updated() & ~A.executed_with_root_target()).allow(
+        dg.AssetSelection.assets("raw_changes", "group_checks")
     )
     return _when(reported).with_label("new events")
+
+
+def checks_due() -> A:
+    """The global checks: any group's object table changed. They do not wait for other groups' intake still
+    running (with uploads arriving all day, some always is): what arrives later makes another run."""
+    changed = A.any_deps_match(A.data_version_changed() & ~A.executed_with_root_target()).allow(
+        dg.AssetSelection.assets("raw_images")
+    )
+    return ((A.newly_missing() | changed).since_last_handled() & ~A.in_progress() & ~A.any_deps_missing()).with_label(
+        "new object rows"
+    )
 
 
 def data_changed() -> A:

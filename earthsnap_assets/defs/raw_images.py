@@ -117,7 +117,7 @@ def raw_images(
     result = intake_group(store, store.raw_bucket, store.lake_bucket, group, taxonomy.species_in(group), settings)
     context.log.info(
         f"{group}: {result.events} pending events, listed {len(result.listed_species)} species folders, "
-        f"decoded {result.decoded}, deleted {result.deleted}, revalidating {result.revalidated}"
+        f"decoded {result.decoded}, deleted {result.deleted}"
     )
     return dg.Output(
         GroupObjectsRef(group, store.lake_bucket, result.state_hash, result.counts),
@@ -128,7 +128,6 @@ def raw_images(
             "rejected_per_object_qa": result.counts["rejected"],
             "decoded_this_run": result.decoded,
             "deleted_this_run": result.deleted,
-            "revalidated_this_run": result.revalidated,
             "events_consumed": result.events,
             "listed_species_folders": len(result.listed_species),
             "segments": result.segments,

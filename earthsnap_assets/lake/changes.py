@@ -21,9 +21,7 @@ from earthsnap_assets.lake.events import RawEvent
 from earthsnap_assets.lake.storage import Blobs
 from earthsnap_assets.lake.tables import content_digest, read_table, table_bytes
 
-# "put" and "delete" come from the bucket; "revalidate" is written by a group whose change altered the
-# verdict of another group's object (the same bytes under two species): that group checks the key again.
-OPS = ("put", "delete", "revalidate")
+OPS = ("put", "delete")
 
 SCHEMA = pa.schema(
     [
@@ -84,9 +82,6 @@ def latest_per_key(events: Iterable[RawEvent]) -> dict[str, RawEvent]:
     """What each key ended as: the last event by time (a put after a delete is a put)."""
     latest: dict[str, RawEvent] = {}
     for event in sorted(events, key=lambda e: e.ts_ns):
-        previous = latest.get(event.key)
-        if event.op == "revalidate" and previous is not None:
-            continue  # a put or delete of the same key already makes intake look at it
         latest[event.key] = event
     return latest
 

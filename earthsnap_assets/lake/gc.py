@@ -72,10 +72,11 @@ def _sample_files(blobs: VersionedBlobs, bucket: str, sample: dict) -> set[str]:
 
 
 def _current(blobs: VersionedBlobs, bucket: str) -> set[str]:
-    live: set[str] = {paths.TAXONOMY_HEAD, paths.INDEXES_HEAD}
+    live: set[str] = {paths.TAXONOMY_HEAD, paths.CONTENT_HEAD}
     for group in _groups(blobs, bucket, "objects/"):
         objects = load_objects(blobs, bucket, group)
         live |= {paths.objects_head(group), *objects.head.get("segments", [])}
+        live |= {entry["segment"] for entry in objects.head.get("log", [])}  # the global checks read these
         rows = objects.state.filter(pc.not_equal(objects.state["verdict"], DELETED))
         live |= {p for p in rows["pixels"].unique().to_pylist() if p}
         watermark = objects.head.get("watermark") or ""
@@ -83,11 +84,16 @@ def _current(blobs: VersionedBlobs, bucket: str) -> set[str]:
     for group in _groups(blobs, bucket, "changes/"):  # batches of groups whose intake never ran
         if not blobs.exists(bucket, paths.objects_head(group)):
             live |= set(blobs.list_keys(bucket, paths.changes_prefix(group)))
-    indexes = load_head(blobs, bucket, paths.INDEXES_HEAD)
-    live |= set(indexes.get("files", {}).values())
+    content = load_head(blobs, bucket, paths.CONTENT_HEAD)
+    live |= set(content.get("files", {}).values())
     for group in _groups(blobs, bucket, "manifests/"):
         head = load_head(blobs, bucket, paths.manifest_head(group))
         live |= {paths.manifest_head(group), head.get("segment"), head.get("report")}
+        # deltas of the global checks the manifest has not applied yet
+        live |= set(blobs.list_keys(bucket, paths.checks_prefix(group), start_after=head.get("delta") or ""))
+    for group in content.get("groups", {}):
+        if not blobs.exists(bucket, paths.manifest_head(group)):
+            live |= set(blobs.list_keys(bucket, paths.checks_prefix(group)))
     for layout in _layouts(blobs, bucket):
         for group in _groups(blobs, bucket, f"datasets/{layout}/"):
             head = load_head(blobs, bucket, paths.layout_head(layout, group))
@@ -127,11 +133,7 @@ def _model_files(blobs: VersionedBlobs, bucket: str, model: ModelData) -> set[st
         live |= _index_and_shards(blobs, bucket, index_key)
     if model.dataset_version.startswith("dv-"):
         live |= _version_files(blobs, bucket, model.dataset_version)
-    elif model.dataset_version.startswith("gv-"):
-        group = index_key.split("/")[2] if index_key.startswith("datasets/") else ""
-        if group:
-            prefix = paths.manifest_prefix(group, model.dataset_version)
-            live |= set(blobs.list_keys(bucket, prefix))
+    # a child's group version: the segment it came from is named in the version manifests that hold it
     return live
 
 

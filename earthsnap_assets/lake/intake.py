@@ -38,8 +38,11 @@ from earthsnap_assets.lake.tables import put_content_addressed
 from earthsnap_assets.ml.preprocessing import PreprocessConfig
 from earthsnap_assets.ml.quality import ImageCheck, QualityRules, inspect_and_preprocess
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 _MASK = (1 << 128) - 1
+# Each run's segment stays listed in the head's `log` (compaction does not touch it), so the global checks
+# read exactly the rows added since they last looked; a consumer further behind than this reads everything.
+LOG_LENGTH = 256
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,6 @@ class IntakeResult:
     counts: dict[str, int]
     decoded: int
     deleted: int
-    revalidated: int
     events: int
     listed_species: list[str]
     removed_species: list[str]
@@ -72,11 +74,10 @@ class IntakeResult:
 
 @dataclass
 class _Plan:
-    """What this run must do per key: fetch (read + QA + preprocess), delete, or touch (revalidate)."""
+    """What this run must do per key: fetch (read + QA + preprocess) or delete."""
 
     fetch: set[str] = field(default_factory=set)
     delete: set[str] = field(default_factory=set)
-    touch: set[str] = field(default_factory=set)
 
 
 def _plan(
@@ -111,9 +112,6 @@ def _plan(
             plan.fetch.add(key)
         elif event.op == "delete" and key in live:
             plan.delete.add(key)
-        elif event.op == "revalidate" and key in live:
-            plan.touch.add(key)
-    plan.touch -= plan.fetch | plan.delete
     plan.fetch -= plan.delete
     return plan
 
@@ -128,12 +126,13 @@ def _inspect(
     return etag, check, pixels
 
 
-def _row(key: str, etag: str, check: ImageCheck, group: str, first_seen: int, now: int) -> dict:
+def _row(key: str, etag: str, check: ImageCheck, group: str, previous: dict, now: int) -> dict:
     return {
         "key": key,
         "etag": etag,
         "size": check.size,
         "sha256": check.sha256,
+        "replaced_sha256": previous.get("sha256") if previous.get("verdict") == OK else None,
         "dhash": int(check.dhash, 16) if check.dhash else None,
         "width": check.width,
         "height": check.height,
@@ -146,7 +145,17 @@ def _row(key: str, etag: str, check: ImageCheck, group: str, first_seen: int, no
         "group": group,
         "pixels": None,
         "pixel_row": None,
-        "first_seen_ns": first_seen,
+        "first_seen_ns": previous.get("first_seen_ns") or now,
+        "seen_ns": now,
+    }
+
+
+def _tombstone(row: dict, now: int) -> dict:
+    """A deletion: the row as it was (its sha256 tells the global checks which copy is gone)."""
+    return {
+        **row,
+        "verdict": DELETED,
+        "replaced_sha256": row["sha256"] if row["verdict"] == OK else None,
         "seen_ns": now,
     }
 
@@ -215,31 +224,32 @@ def intake_group(
     plan = _plan(blobs, raw_bucket, objects, species, events, listed_species, force)
 
     now = clock()
-    current = {r["key"]: r for r in objects.state.to_pylist()} if plan.fetch or plan.touch or plan.delete else {}
+    current = {r["key"]: r for r in objects.state.to_pylist()} if plan.fetch or plan.delete else {}
     new_rows: list[dict] = []
     pixels: dict[str, np.ndarray] = {}
     work = partial(_inspect, rules=config.rules, preprocess=config.preprocess)
     fetch = partial(blobs.read_versioned, raw_bucket)
     decoded = 0
     for key, (etag, check, array) in map_objects(sorted(plan.fetch), fetch, work, workers=config.workers):
-        first_seen = current.get(key, {}).get("first_seen_ns") or now
+        previous = current.get(key, {})
         if check is None:
-            if key in current and current[key]["verdict"] != DELETED:
-                new_rows.append({**current[key], "verdict": DELETED, "seen_ns": now})
+            if previous and previous["verdict"] != DELETED:
+                new_rows.append(_tombstone(previous, now))
             continue
         decoded += 1
-        new_rows.append(_row(key, etag or "", check, group, first_seen, now))
+        new_rows.append(_row(key, etag or "", check, group, previous, now))
         if array is not None:
             pixels[key] = array
     for key in sorted(plan.delete):
-        new_rows.append({**current[key], "verdict": DELETED, "seen_ns": now})
-    for key in sorted(plan.touch):
-        new_rows.append({**current[key], "seen_ns": now})
+        new_rows.append(_tombstone(current[key], now))
     _write_packs(blobs, lake_bucket, group, preprocess_fp, new_rows, pixels, config.pack_rows)
 
     segments = list(head.get("segments", []))
+    log = list(head.get("log", []))
     if new_rows:
-        segments.append(write_segment(blobs, lake_bucket, group, rows_table(new_rows)))
+        segment = write_segment(blobs, lake_bucket, group, rows_table(new_rows))
+        segments.append(segment)
+        log = [*log, {"seq": log[-1]["seq"] + 1 if log else 1, "segment": segment}][-LOG_LENGTH:]
     total = _state_sum(objects, head.get("state_sum"), new_rows)
     state = objects.state if not new_rows else None
     if len(segments) > config.compact_segments:
@@ -249,6 +259,7 @@ def intake_group(
     value = {
         "group": group,
         "segments": segments,
+        "log": log,
         "watermark": batches[-1] if batches else head.get("watermark"),
         "species": sorted(species),
         "rules": rules_fp,
@@ -264,7 +275,6 @@ def intake_group(
         counts=counts,
         decoded=decoded,
         deleted=sum(1 for r in new_rows if r["verdict"] == DELETED),
-        revalidated=len(plan.touch),
         events=len(events),
         listed_species=listed_species,
         removed_species=removed_species,

@@ -31,6 +31,7 @@ SCHEMA = pa.schema(
         ("etag", pa.string()),
         ("size", pa.int64()),
         ("sha256", pa.string()),
+        ("replaced_sha256", pa.string()),  # the key's content before this row (a removed copy to forget)
         ("dhash", pa.uint64()),
         ("width", pa.int32()),
         ("height", pa.int32()),

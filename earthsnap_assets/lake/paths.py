@@ -13,11 +13,12 @@ rewritten in place, and each group's current state is one small *head* moved by 
     objects/<g>/head.json                            object table head: segments, change-log watermark, counts
     objects/<g>/segments/<h>.parquet                 object table rows (key, etag, sha256, dhash, verdict, ...)
     pixels/<preprocess>/<g>/<h>.npy (+ <h>.parquet)  preprocessed pixels of accepted objects, by sha256
-    indexes/head.json                                global content indexes (sha256, near-duplicate bands)
-    indexes/<kind>/<bucket>/<h>.parquet              one bucket of an index
+    content/head.json                                global checks: content-table buckets, per-group state
+    content/<bucket>/<h>.parquet                     content table: every QA-passed object by sha256 bucket
+    checks/<g>/<seq>-<h>.parquet                     verdict deltas for group g's manifest
     manifests/<g>/head.json                          current manifest segment of the group
-    manifests/<g>/<group_version>/segment.parquet    every object of the group with its verdict, cluster, split
-    manifests/<g>/<group_version>/qa_report.json     counts a person reviews
+    manifests/<g>/<h>.parquet                        every object of the group with its verdict, cluster, split
+    manifests/<g>/<h>.json                           its QA report: counts a person reviews
     datasets/<layout>/<g>/head.json                  current training layout of the group
     datasets/<layout>/<g>/index-<h>.parquet          training index: sha256, key, species, split, shard, row
     datasets/<layout>/<g>/shards/<split>/<h>.npy     content-addressed uint8 shards (append-only deltas)
@@ -99,13 +100,22 @@ def pixel_pack(preprocess: str, group: str, digest: str) -> str:
     return f"pixels/{preprocess}/{check_group(group)}/{digest}"
 
 
-# --- global indexes ----------------------------------------------------------------------------------------
+# --- global content checks -------------------------------------------------------------------------------
 
-INDEXES_HEAD = "indexes/head.json"
+CONTENT_HEAD = "content/head.json"
 
 
-def index_bucket(kind: str, bucket: int, digest: str) -> str:
-    return f"indexes/{kind}/{bucket:05d}/{digest}.parquet"
+def content_bucket(bucket: int, digest: str) -> str:
+    return f"content/{bucket:05d}/{digest}.parquet"
+
+
+def checks_prefix(group: str) -> str:
+    return f"checks/{check_group(group)}/"
+
+
+def check_delta(group: str, seq: int, digest: str) -> str:
+    """Numbered per group: a manifest lists exactly the deltas after the last one it applied."""
+    return f"{checks_prefix(group)}{seq:012d}-{digest}.parquet"
 
 
 # --- manifests ---------------------------------------------------------------------------------------------
@@ -115,8 +125,9 @@ def manifest_head(group: str) -> str:
     return f"manifests/{check_group(group)}/head.json"
 
 
-def manifest_prefix(group: str, group_version: str) -> str:
-    return f"manifests/{check_group(group)}/{group_version}/"
+def manifest_file(group: str, digest: str, ext: str) -> str:
+    """A group's manifest segment (`parquet`) or QA report (`json`), named by content."""
+    return f"manifests/{check_group(group)}/{digest}.{ext}"
 
 
 # --- training layouts --------------------------------------------------------------------------------------

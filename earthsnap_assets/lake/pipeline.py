@@ -1,14 +1,15 @@
 """The data side as plain function calls, in the order the assets run them: for tests, benchmarks and tools.
 
-Per group: intake -> validation -> layout; then the fan-ins: dataset version and the parent's sample.
-Dagster runs exactly these steps as `raw_images[g]`, `validated_manifest[g]`, `dataset_splits[g]`,
-`dataset_version` and `parent_sample`.
+Per group: intake; then the global checks over all groups at once; per group: manifest and layout; then
+the fan-ins: dataset version and the parent's sample. Dagster runs exactly these steps as `raw_images[g]`,
+`content_checks`, `validated_manifest[g]`, `dataset_splits[g]`, `dataset_version` and `parent_sample`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from earthsnap_assets.lake.content import ChecksResult, check_groups
 from earthsnap_assets.lake.intake import IntakeConfig, IntakeResult, intake_group
 from earthsnap_assets.lake.layouts import LayoutConfig, LayoutResult, build_layout
 from earthsnap_assets.lake.manifest import ManifestConfig, ManifestResult, validate_group
@@ -63,6 +64,7 @@ class GroupRun:
 
 @dataclass
 class PreparedData:
+    checks: ChecksResult
     groups: dict[str, GroupRun]
     version: VersionResult
     sample: SampleResult
@@ -70,26 +72,25 @@ class PreparedData:
     group_refs: dict[str, DatasetRef] = field(default_factory=dict)
 
 
-def prepare_group(
-    blobs: VersionedBlobs, raw_bucket: str, lake_bucket: str, taxonomy: Taxonomy, group: str, config: DataConfig
-) -> GroupRun:
-    species = taxonomy.species_in(group)
-    intake = intake_group(blobs, raw_bucket, lake_bucket, group, species, config.intake())
-    manifest = validate_group(blobs, lake_bucket, group, species, config.manifest())
-    layout = build_layout(blobs, raw_bucket, lake_bucket, group, config.layout())
-    return GroupRun(intake, manifest, layout)
-
-
 def prepare_dataset(
-    blobs: VersionedBlobs, raw_bucket: str, lake_bucket: str, taxonomy: Taxonomy, config: DataConfig = DataConfig()
+    blobs: VersionedBlobs,
+    raw_bucket: str,
+    lake_bucket: str,
+    taxonomy: Taxonomy,
+    config: DataConfig | None = None,
 ) -> PreparedData:
-    """Every group's data chain, then the dataset version and the parent's sample."""
-    runs = {g: prepare_group(blobs, raw_bucket, lake_bucket, taxonomy, g, config) for g in taxonomy.groups}
-    # A group's change can move verdicts of another group's objects (the same bytes under two species):
-    # those groups validate again, as automation would do after the revalidation events.
-    again = sorted({other for run in runs.values() for other in run.manifest.revalidate} & set(runs))
-    for group in again:
-        runs[group] = prepare_group(blobs, raw_bucket, lake_bucket, taxonomy, group, config)
+    """Every group's intake, the global checks, every group's manifest and layout, then the fan-ins."""
+    config = config or DataConfig()
+    groups = taxonomy.groups
+    intakes = {
+        g: intake_group(blobs, raw_bucket, lake_bucket, g, taxonomy.species_in(g), config.intake()) for g in groups
+    }
+    checks = check_groups(blobs, lake_bucket, groups, config.manifest().checks())
+    runs = {}
+    for group in groups:
+        manifest = validate_group(blobs, lake_bucket, group, taxonomy.species_in(group), config.manifest())
+        layout = build_layout(blobs, raw_bucket, lake_bucket, group, config.layout())
+        runs[group] = GroupRun(intakes[group], manifest, layout)
     version = build_version(blobs, lake_bucket, taxonomy, config.manifest())
     layout = config.layout().layout_id
     labels = {g: sorted({s for per in r.layout.counts.values() for s in per}) for g, r in runs.items()}
@@ -120,4 +121,4 @@ def prepare_dataset(
         counts=committed["counts"],
     )
     refs = {g: r.ref(lake_bucket, config.image_size) for g, r in runs.items()}
-    return PreparedData(runs, version, sample, sample_ref, refs)
+    return PreparedData(checks, runs, version, sample, sample_ref, refs)

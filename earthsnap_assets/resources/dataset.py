@@ -33,8 +33,7 @@ class DatasetSettings(dg.ConfigurableResource):
     image_size: int = Field(64, description="training resolution (square, pixels); small suits CPU training")
     shard_size: int = Field(1024, description="images per full shard")
     max_delta_shards: int = Field(8, description="per group and split; more are compacted into full shards")
-    sha_buckets: int = Field(256, description="buckets of the global sha256 index (fixed once it exists)")
-    band_buckets: int = Field(256, description="buckets per dHash band of the near-duplicate index (power of 2)")
+    content_buckets: int = Field(256, description="sha256 buckets of the global content table (fixed once it exists)")
     sample_train_per_group: int = Field(1000, description="parent's sample: training photos per group")
     sample_eval_per_group: int = Field(200, description="parent's sample: validation and test photos per group, each")
     sample_seed: int = 0
@@ -57,7 +56,7 @@ class DatasetSettings(dg.ConfigurableResource):
 
     def manifest(self) -> ManifestConfig:
         splits = SplitConfig(self.val_fraction, self.test_fraction, self.split_seed)
-        return ManifestConfig(self.rules(), splits, self.sha_buckets, self.band_buckets)
+        return ManifestConfig(self.rules(), splits, self.content_buckets)
 
     def layout(self, workers: int = 8) -> LayoutConfig:
         return LayoutConfig(self.preprocess(), self.shard_size, self.max_delta_shards, workers)

@@ -13,9 +13,9 @@ from dagster_aws.s3.compute_log_manager import S3ComputeLogManager
 from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
 
 from earthsnap_assets.defs.raw_images import raw_images, taxonomy
-from earthsnap_assets.resources.dataset import DatasetSettings
 from earthsnap_assets.demo.synthetic import SyntheticSpec, generate_dataset
 from earthsnap_assets.ingest import ingest
+from earthsnap_assets.resources.dataset import DatasetSettings
 from earthsnap_assets.resources.lake_io_manager import LakeIOManager
 from earthsnap_assets.resources.object_store import ObjectStore
 from earthsnap_assets_tests.deploy.production_dagster import DEPLOY, instance_env
@@ -79,7 +79,11 @@ def test_a_materialization_on_postgres_is_stored_and_its_step_logs_land_in_s3(pr
         run_id = result.run_id
         group = sorted(set(data.species.values()))[0]
         intake = dg.materialize(
-            [raw_images, taxonomy], selection=["raw_images"], partition_key=group, resources=resources, instance=instance
+            [raw_images, taxonomy],
+            selection=["raw_images"],
+            partition_key=group,
+            resources=resources,
+            instance=instance,
         )
         assert intake.success
 

@@ -1,0 +1,607 @@
+"""Global checks over every group's new photos, in one pass: the fan-in between intake and the manifests.
+
+Exact copies and labelling conflicts need every copy of some bytes, and near-duplicates every photo that
+looks alike, whatever group they are in. One run takes the new rows of *all* groups that changed since
+the last run (read from the object tables' new segments: O(dN)), and
+
+1. updates the *content table* (every QA-passed object: sha256, group, key, species, dHash, verdict,
+   cluster, split), hash-bucketed by sha256, touching each bucket at most twice whatever the number of
+   groups: the verdict of a copy is a function of all copies of its bytes (one species: the smallest key
+   is kept, the others are duplicates; several species: every copy is a labelling conflict);
+2. probes the dHashes of the newly accepted rows against every accepted dHash (12 bytes per photo in
+   memory, no strings) and among themselves, in numpy;
+3. gives each new near-duplicate cluster a split: the split of a look-alike already assigned (in any
+   group), else the one its species lacks most (per-group, per-species counts kept with the table);
+4. writes per group a *delta* of its manifest rows (`checks/<g>/...`), which `validated_manifest[g]`
+   applies to its previous segment.
+
+Everything is committed by one conditional write of the head: two runs at once cannot both win.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from earthsnap_assets.lake import paths
+from earthsnap_assets.lake.heads import Head, commit_head, load_head
+from earthsnap_assets.lake.near_duplicates import components, pairs_within, probe
+from earthsnap_assets.lake.objects import DELETED, OK, current_state
+from earthsnap_assets.lake.objects import SCHEMA as OBJECT_SCHEMA
+from earthsnap_assets.lake.segments import (
+    ACCEPTED,
+    DELTA_SCHEMA,
+    REJECTED,
+    REMOVE,
+    RESET,
+    UPDATE,
+    UPSERT,
+)
+from earthsnap_assets.lake.splits import SPLITS, SplitConfig, SplitItem, fill_quotas
+from earthsnap_assets.lake.storage import ConcurrentUpdate, VersionedBlobs
+from earthsnap_assets.lake.tables import concat, content_digest, put_content_addressed, read_table, table_bytes
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+CONTENT_SCHEMA = pa.schema(
+    [
+        ("sha256", pa.string()),
+        ("group", pa.string()),
+        ("key", pa.string()),
+        ("species", pa.string()),
+        ("etag", pa.string()),
+        ("seen_ns", pa.int64()),
+        ("dhash", pa.uint64()),
+        ("accepted", pa.bool_()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("cluster", pa.string()),
+        ("split", pa.string()),
+        ("near_duplicate_of", pa.string()),
+        ("near_duplicate_species", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Copy:
+    """One QA-passed object holding some bytes."""
+
+    sha256: str
+    group: str
+    key: str
+    species: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    accepted: bool
+    reason: str | None = None
+    detail: str | None = None
+
+
+def copy_verdicts(copies: Iterable[Copy]) -> dict[tuple[str, str], Verdict]:
+    """(group, key) -> verdict, for all copies of one content; independent of arrival order."""
+    copies = sorted(copies, key=lambda c: c.key)
+    species = sorted({c.species for c in copies})
+    if len(species) > 1:
+        verdicts = {}
+        for c in copies:
+            others = ", ".join(o.key for o in copies if o.key != c.key)
+            verdicts[(c.group, c.key)] = Verdict(
+                False, "conflicting_labels", f"same content under species {species}: {others}"
+            )
+        return verdicts
+    kept = copies[0].key if copies else ""
+    return {
+        (c.group, c.key): Verdict(True) if c.key == kept else Verdict(False, "duplicate", f"same content as {kept}")
+        for c in copies
+    }
+
+
+@dataclass(frozen=True)
+class ChecksConfig:
+    """What the checks decide by: near-duplicate distance and split fractions (and the index's shape)."""
+
+    near_duplicate_bits: int
+    splits: SplitConfig
+    buckets: int = 256
+
+    def fingerprint(self) -> str:
+        from earthsnap_assets.hashing import fingerprint
+
+        return fingerprint({"bits": self.near_duplicate_bits, "splits": self.splits.fingerprint(), "checks": 1})
+
+
+@dataclass(frozen=True)
+class ChecksResult:
+    groups: dict[str, int]  # group -> delta rows written for it
+    new_rows: int
+    buckets_read: int
+    buckets_written: int
+    probed: int
+    compared_with: int
+    reset: bool
+    seconds: float = 0.0
+    deltas: dict[str, str] = field(default_factory=dict)  # group -> delta file
+
+
+def _bucket_of(sha: str, buckets: int) -> int:
+    return int(sha[:8], 16) % buckets
+
+
+def bucket_name(number: int) -> str:
+    return f"{number:05d}"
+
+
+# --- what changed in each group ---------------------------------------------------------------------------
+
+
+@dataclass
+class _GroupChange:
+    group: str
+    state: str  # the object table state this change brings the checks to
+    log_seq: int  # the last intake segment read
+    rows: dict[str, dict]  # key -> latest object row (tombstones included)
+    full: bool  # the whole table was read: keys absent from it are gone
+
+
+def _group_change(blobs: VersionedBlobs, bucket: str, group: str, checked: dict, reset: bool) -> _GroupChange | None:
+    """The object rows of `group` written since the checks last looked: O(new rows) from the intake log."""
+    head = load_head(blobs, bucket, paths.objects_head(group))
+    if not head.exists or (not reset and head.get("state_sum") == checked.get("state")):
+        return None
+    log, seen = head.get("log", []), int(checked.get("log_seq", 0))
+    incremental = not reset and "log_seq" in checked and bool(log) and log[0]["seq"] <= seen + 1
+    # far behind (or the log was trimmed): the whole current table
+    keys = [entry["segment"] for entry in log if entry["seq"] > seen] if incremental else head.get("segments", [])
+    table = current_state([read_table(blobs, bucket, k) for k in keys]) if keys else OBJECT_SCHEMA.empty_table()
+    rows = {r["key"]: r for r in table.to_pylist()}
+    last = log[-1]["seq"] if log else 0
+    return _GroupChange(
+        group, head.get("state_sum"), last, rows, full=reset or (not incremental and "state" in checked)
+    )
+
+
+# --- the content table -----------------------------------------------------------------------------------
+
+
+class ContentTable:
+    """The head's buckets, loaded one at a time; rewritten buckets are staged until the head commits."""
+
+    def __init__(self, blobs: VersionedBlobs, bucket: str, files: dict[str, str], buckets: int) -> None:
+        self.blobs, self.bucket, self.files, self.buckets = blobs, bucket, dict(files), buckets
+        self.reads = self.writes = 0
+
+    def load(self, number: int, columns: list[str] | None = None) -> pa.Table:
+        key = self.files.get(bucket_name(number))
+        if key is None:
+            schema = CONTENT_SCHEMA if columns is None else pa.schema([CONTENT_SCHEMA.field(c) for c in columns])
+            return schema.empty_table()
+        self.reads += 1
+        return read_table(self.blobs, self.bucket, key, columns=columns)
+
+    def store(self, number: int, table: pa.Table) -> None:
+        self.writes += 1
+        if table.num_rows == 0:
+            self.files.pop(bucket_name(number), None)
+            return
+        table = table.sort_by([("sha256", "ascending"), ("group", "ascending"), ("key", "ascending")])
+        data = table_bytes(table.cast(CONTENT_SCHEMA))
+        self.files[bucket_name(number)] = put_content_addressed(
+            self.blobs, self.bucket, lambda d: paths.content_bucket(number, d), data
+        )
+
+
+def _copies(rows: list[dict]) -> dict[str, list[Copy]]:
+    found: dict[str, list[Copy]] = defaultdict(list)
+    for r in rows:
+        found[r["sha256"]].append(Copy(r["sha256"], r["group"], r["key"], r["species"]))
+    return found
+
+
+@dataclass
+class _Outcome:
+    """What pass 1 decided: verdicts, rows whose acceptance went or came, rows of others whose verdict moved."""
+
+    rows: dict[tuple[str, str], dict] = field(default_factory=dict)  # (group, key) -> content row now
+    verdicts: dict[tuple[str, str], Verdict] = field(default_factory=dict)
+    lost: list[dict] = field(default_factory=list)  # accepted entries that went (their split counts go)
+    arriving: list[dict] = field(default_factory=list)  # rows accepted now that need a cluster and split
+    updated: dict[str, list[dict]] = field(default_factory=lambda: defaultdict(list))  # unchanged rows, new verdict
+
+
+CARRIED = ("cluster", "split", "near_duplicate_of", "near_duplicate_species")
+
+
+def _ident(row: dict) -> tuple[str, str]:
+    return row["group"], row["key"]
+
+
+def _pass_verdicts(
+    table: ContentTable, changes: list[_GroupChange], removed: set[tuple[str, str, str]], added: list[dict]
+) -> _Outcome:
+    """Update every touched bucket: drop removed entries, enter new ones, recompute verdicts of touched shas.
+
+    The same bytes under the same key keep their cluster and split; accepted entries that go (or change
+    content, or stop being accepted) are reported as lost, so the split counts stay right.
+    """
+    outcome = _Outcome()
+    by_bucket: dict[int, list[dict]] = defaultdict(list)
+    for row in added:
+        by_bucket[_bucket_of(row["sha256"], table.buckets)].append(row)
+    gone_by_bucket: dict[int, set[tuple[str, str]]] = defaultdict(set)
+    for group, key, sha in removed:
+        gone_by_bucket[_bucket_of(sha, table.buckets)].add((group, key))
+    changed = {(c.group, k) for c in changes for k in c.rows}
+    for number in sorted(set(by_bucket) | set(gone_by_bucket)):
+        rows = table.load(number).to_pylist()
+        current = {_ident(r): dict(r) for r in rows}
+        arriving = {_ident(r): r for r in by_bucket.get(number, [])}
+        drop = gone_by_bucket.get(number, set()) | set(arriving)
+        touched = {current[i]["sha256"] for i in drop if i in current} | {r["sha256"] for r in arriving.values()}
+        rows = [r for r in rows if _ident(r) not in drop] + list(arriving.values())
+        members = _copies([r for r in rows if r["sha256"] in touched])
+        for row in rows:
+            if row["sha256"] not in touched:
+                continue
+            ident = _ident(row)
+            before = current.get(ident)
+            verdict = copy_verdicts(members[row["sha256"]])[ident]
+            carry = bool(before and before["accepted"] and before["sha256"] == row["sha256"] and verdict.accepted)
+            row.update(accepted=verdict.accepted, reason=verdict.reason, detail=verdict.detail)
+            if carry:
+                row.update({f: before[f] for f in CARRIED})
+            else:
+                row.update(dict.fromkeys(CARRIED))
+                if verdict.accepted:
+                    outcome.arriving.append(row)
+                if before and before["accepted"]:
+                    outcome.lost.append(before)
+            outcome.verdicts[ident], outcome.rows[ident] = verdict, row
+            was = (before["accepted"], before["reason"]) if before else None
+            if ident not in changed and was != (row["accepted"], row["reason"]):
+                outcome.updated[row["group"]].append(row)
+        for ident in drop - {_ident(r) for r in rows}:  # went, or moved to another bucket (other content)
+            before = current.get(ident)
+            if before and before["accepted"]:
+                outcome.lost.append(before)
+        table.store(number, pa.Table.from_pylist(rows, schema=CONTENT_SCHEMA))
+    return outcome
+
+
+def _accepted_hashes(table: ContentTable) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(dhash, bucket, row) of every accepted row that has its split: 12 bytes a photo, no strings kept.
+
+    Rows accepted in this run have no split yet (pass 1 cleared it), so they are left out here and
+    compared with each other separately.
+    """
+    hashes, buckets, rows = [], [], []
+    for number in range(table.buckets):
+        part = table.load(number, columns=["dhash", "accepted", "split"])
+        if part.num_rows == 0:
+            continue
+        usable = pc.and_(pc.fill_null(part["accepted"], False), pc.is_valid(part["split"]))
+        index = np.flatnonzero(usable.to_numpy(zero_copy_only=False))
+        hashes.append(part["dhash"].to_numpy(zero_copy_only=False)[index].astype(np.uint64))
+        buckets.append(np.full(len(index), number, np.int32))
+        rows.append(index.astype(np.int64))
+    if not hashes:
+        return np.zeros(0, np.uint64), np.zeros(0, np.int32), np.zeros(0, np.int64)
+    return np.concatenate(hashes), np.concatenate(buckets), np.concatenate(rows)
+
+
+def _neighbours(table: ContentTable, arriving: list[dict], bits: int) -> tuple[dict[int, list[dict]], int]:
+    """Existing accepted look-alikes of each arriving row (by position in `arriving`)."""
+    hashes, buckets, rows = _accepted_hashes(table)
+    new = np.array([r["dhash"] or 0 for r in arriving], dtype=np.uint64)
+    a, b, distance = probe(new, hashes, bits)
+    found: dict[int, list[dict]] = defaultdict(list)
+    details: dict[int, list[dict]] = {}
+    for i, j, d in zip(a.tolist(), b.tolist(), distance.tolist(), strict=True):
+        number = int(buckets[j])
+        if number not in details:
+            details[number] = table.load(number, columns=["key", "group", "species", "cluster", "split"]).to_pylist()
+        found[i].append({**details[number][int(rows[j])], "distance": d})
+    return found, len(hashes)
+
+
+def _assign(
+    arriving: list[dict], linked: dict[int, list[dict]], counts: dict[str, dict[str, Counter]], config: ChecksConfig
+) -> None:
+    """Cluster and split of each arriving row (in place); `counts` (group -> species -> split) is updated."""
+    hashes = np.array([r["dhash"] or 0 for r in arriving], dtype=np.uint64)
+    a, b = pairs_within(hashes, config.near_duplicate_bits)
+    roots = components(len(arriving), a, b)
+    units: dict[int, list[int]] = defaultdict(list)
+    for index, root in enumerate(roots.tolist()):
+        units[root].append(index)
+    fresh: dict[str, list[tuple[str, list[SplitItem]]]] = defaultdict(list)
+    totals: dict[str, Counter] = defaultdict(Counter)
+    for group, per_species in counts.items():
+        for species, per_split in per_species.items():
+            totals[group][species] += sum(per_split.values())
+    for row in arriving:
+        totals[row["group"]][row["species"]] += 1
+    for members in units.values():
+        neighbours = [n for i in members for n in linked.get(i, [])]
+        cluster = min([arriving[i]["sha256"] for i in members] + [n["cluster"] for n in neighbours if n["cluster"]])
+        for i in members:
+            closest = min(linked.get(i, []), key=lambda n: (n["distance"], n["key"]), default=None)
+            arriving[i].update(
+                cluster=cluster,
+                near_duplicate_of=closest["key"] if closest else None,
+                near_duplicate_species=closest["species"] if closest else None,
+            )
+        inherited = Counter(n["split"] for n in neighbours if n["split"] in SPLITS)
+        if inherited:  # a look-alike has a split already, in whatever group: join it
+            split = min(inherited, key=lambda s: (-inherited[s], SPLITS.index(s)))
+            for i in members:
+                arriving[i]["split"] = split
+                counts[arriving[i]["group"]][arriving[i]["species"]][split] += 1
+        else:  # stratified per group: a unit spans groups only through look-alikes, handled above
+            by_group: dict[str, list[SplitItem]] = defaultdict(list)
+            for i in members:
+                by_group[arriving[i]["group"]].append(SplitItem(arriving[i]["sha256"], arriving[i]["species"], cluster))
+            for group, items in by_group.items():
+                fresh[group].append((cluster, items))
+    by_sha = {(r["group"], r["sha256"]): r for r in arriving}
+    for group, units_of_group in sorted(fresh.items()):
+        current = defaultdict(Counter, {s: Counter(c) for s, c in counts[group].items()})
+        for sha, split in fill_quotas(units_of_group, current, totals[group], config.splits).items():
+            by_sha[(group, sha)]["split"] = split
+        counts[group] = current
+
+
+def _store_assignments(table: ContentTable, arriving: list[dict]) -> None:
+    """Pass 2: write clusters and splits of the arriving rows into their buckets."""
+    by_bucket: dict[int, dict[tuple[str, str], dict]] = defaultdict(dict)
+    for row in arriving:
+        by_bucket[_bucket_of(row["sha256"], table.buckets)][(row["group"], row["key"])] = row
+    for number, updates in sorted(by_bucket.items()):
+        rows = table.load(number).to_pylist()
+        for row in rows:
+            new = updates.get((row["group"], row["key"]))
+            if new is not None:
+                row.update({f: new[f] for f in ("cluster", "split", "near_duplicate_of", "near_duplicate_species")})
+        table.store(number, pa.Table.from_pylist(rows, schema=CONTENT_SCHEMA))
+
+
+# --- deltas for the group manifests ---------------------------------------------------------------------
+
+
+def _segment_row(obj: dict, content: dict | None, verdict: Verdict | None) -> dict:
+    """A manifest row for an object row, with its verdict from the checks (or from per-object QA)."""
+    qa_ok = obj["verdict"] == OK
+    row = {
+        f: obj[f]
+        for f in (
+            "key",
+            "etag",
+            "seen_ns",
+            "sha256",
+            "dhash",
+            "size",
+            "format",
+            "width",
+            "height",
+            "species",
+            "group",
+            "pixels",
+            "pixel_row",
+        )
+    }
+    row |= {"qa_ok": qa_ok, "cluster": None, "split": None, "near_duplicate_of": None, "near_duplicate_species": None}
+    if not qa_ok:
+        return row | {"verdict": REJECTED, "reason": obj["reason"], "detail": obj["detail"]}
+    verdict = verdict or Verdict(True)
+    row |= {"verdict": ACCEPTED if verdict.accepted else REJECTED, "reason": verdict.reason, "detail": verdict.detail}
+    if content is not None and verdict.accepted:
+        row |= {f: content[f] for f in ("cluster", "split", "near_duplicate_of", "near_duplicate_species")}
+    return row
+
+
+def _verdict_row(content: dict) -> dict:
+    return {
+        "key": content["key"],
+        "group": content["group"],
+        "verdict": ACCEPTED if content["accepted"] else REJECTED,
+        "reason": content["reason"],
+        "detail": content["detail"],
+        **{f: content[f] for f in ("cluster", "split", "near_duplicate_of", "near_duplicate_species")},
+    }
+
+
+def _write_delta(blobs: VersionedBlobs, bucket: str, group: str, seq: int, rows: list[dict]) -> str:
+    table = pa.Table.from_pylist(rows, schema=DELTA_SCHEMA)
+    data = table_bytes(table)
+    key = paths.check_delta(group, seq, content_digest(data, 16))
+    if not blobs.exists(bucket, key):
+        blobs.write(bucket, key, data)
+    return key
+
+
+# --- one run ---------------------------------------------------------------------------------------------
+
+
+def _split_counts(checked: dict) -> dict[str, dict[str, Counter]]:
+    """group -> species -> split -> accepted rows, as kept with the table (nested defaults for new keys)."""
+    counts: dict[str, dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
+    for group, state in checked.items():
+        for species, per_split in state.get("splits", {}).items():
+            counts[group][species].update(per_split)
+    return counts
+
+
+def check_groups(
+    blobs: VersionedBlobs,
+    bucket: str,
+    groups: list[str],
+    config: ChecksConfig,
+    clock: Callable[[], int] = time.time_ns,
+) -> ChecksResult:
+    """Bring the content table up to date with the object tables of `groups`; one conditional commit."""
+
+    def attempt() -> ChecksResult:
+        return _check(blobs, bucket, groups, config)
+
+    return with_retries(attempt)
+
+
+def _check(blobs: VersionedBlobs, bucket: str, groups: list[str], config: ChecksConfig) -> ChecksResult:
+    started = time.perf_counter()
+    head = load_head(blobs, bucket, paths.CONTENT_HEAD)
+    reset = head.exists and head.get("config") != config.fingerprint()
+    files = {} if reset else head.get("files", {})
+    checked = dict(head.get("groups", {}))
+    if reset:  # other rules: every group is checked again from its whole table (delta numbers go on)
+        checked = {g: {"seq": v.get("seq", 0)} for g, v in checked.items()}
+    buckets = config.buckets if reset or not head.exists else int(head.get("buckets", config.buckets))
+    table = ContentTable(blobs, bucket, files, buckets)
+    if reset:
+        groups = sorted(set(groups) | set(checked))
+    changes = [c for g in sorted(groups) if (c := _group_change(blobs, bucket, g, checked.get(g, {}), reset))]
+    if not changes:
+        return ChecksResult({}, 0, 0, 0, 0, 0, reset, time.perf_counter() - started)
+
+    removed: set[tuple[str, str, str]] = set()
+    added: list[dict] = []
+    for change in changes:
+        if change.full:  # keys the content table knows that are gone now
+            for key, sha in _known_keys(table, change.group).items():
+                if key not in change.rows:
+                    removed.add((change.group, key, sha))
+        for key, row in change.rows.items():
+            if row.get("replaced_sha256"):
+                removed.add((change.group, key, row["replaced_sha256"]))
+            if row["verdict"] == OK:
+                added.append(_content_row(row))
+    outcome = _pass_verdicts(table, changes, removed, added)
+    counts = _split_counts(checked)
+    for row in outcome.lost:
+        if row["split"]:
+            counts[row["group"]][row["species"]][row["split"]] -= 1
+    linked, compared = _neighbours(table, outcome.arriving, config.near_duplicate_bits)
+    _assign(outcome.arriving, linked, counts, config)
+    _store_assignments(table, outcome.arriving)
+
+    deltas: dict[str, str] = {}
+    written: dict[str, int] = {}
+    for change in changes:
+        rows = [{"change": RESET, **_empty_row(change.group)}] if change.full else []
+        for key, obj in sorted(change.rows.items()):
+            if obj["verdict"] == DELETED:
+                rows.append({"change": REMOVE, **_empty_row(change.group), "key": key})
+            else:
+                ident = (change.group, key)
+                rows.append(
+                    {"change": UPSERT, **_segment_row(obj, outcome.rows.get(ident), outcome.verdicts.get(ident))}
+                )
+        rows += [
+            {"change": UPDATE, **_empty_row(change.group), **_verdict_row(r)}
+            for r in outcome.updated.pop(change.group, [])
+        ]
+        written[change.group] = len(rows)
+        deltas[change.group] = _write_delta(blobs, bucket, change.group, _next_seq(checked, change.group), rows)
+        checked[change.group] = {
+            **checked.get(change.group, {}),
+            "state": change.state,
+            "log_seq": change.log_seq,
+            "seq": _next_seq(checked, change.group),
+        }
+    for group, rows in outcome.updated.items():  # groups that did not change themselves, but their verdicts did
+        update_rows = [{"change": UPDATE, **_empty_row(group), **_verdict_row(r)} for r in rows]
+        written[group] = len(update_rows)
+        deltas[group] = _write_delta(blobs, bucket, group, _next_seq(checked, group), update_rows)
+        checked[group] = {**checked.get(group, {}), "seq": _next_seq(checked, group)}
+    for group, per_species in counts.items():
+        if group in checked:
+            checked[group]["splits"] = {s: {k: v for k, v in c.items() if v} for s, c in sorted(per_species.items())}
+    value = {
+        "config": config.fingerprint(),
+        "buckets": buckets,
+        "files": dict(sorted(table.files.items())),
+        "groups": dict(sorted(checked.items())),
+    }
+    commit_head(blobs, bucket, head, value)
+    return ChecksResult(
+        groups=written,
+        new_rows=sum(len(c.rows) for c in changes),
+        buckets_read=table.reads,
+        buckets_written=table.writes,
+        probed=len(outcome.arriving),
+        compared_with=compared,
+        reset=reset,
+        seconds=time.perf_counter() - started,
+        deltas=deltas,
+    )
+
+
+def _next_seq(checked: dict, group: str) -> int:
+    return int(checked.get(group, {}).get("seq", 0)) + 1
+
+
+def _content_row(obj: dict) -> dict:
+    return {
+        "sha256": obj["sha256"],
+        "group": obj["group"],
+        "key": obj["key"],
+        "species": obj["species"],
+        "etag": obj["etag"],
+        "seen_ns": obj["seen_ns"],
+        "dhash": obj["dhash"],
+        "accepted": None,
+        "reason": None,
+        "detail": None,
+        "cluster": None,
+        "split": None,
+        "near_duplicate_of": None,
+        "near_duplicate_species": None,
+    }
+
+
+def _empty_row(group: str) -> dict:
+    return {f: None for f in DELTA_SCHEMA.names if f != "change"} | {"group": group, "key": ""}
+
+
+def _known_keys(table: ContentTable, group: str) -> dict[str, str]:
+    """key -> sha256 of the group's entries: a scan of the whole table, only when the checks fell far behind."""
+    found = {}
+    for number in range(table.buckets):
+        part = table.load(number, columns=["group", "key", "sha256"])
+        if part.num_rows:
+            mine = part.filter(pc.equal(part["group"], group))
+            found |= dict(zip(mine["key"].to_pylist(), mine["sha256"].to_pylist(), strict=True))
+    return found
+
+
+def content_head(blobs: VersionedBlobs, bucket: str) -> Head:
+    return load_head(blobs, bucket, paths.CONTENT_HEAD)
+
+
+def concat_content(tables: list[pa.Table]) -> pa.Table:
+    return concat(tables, CONTENT_SCHEMA)
+
+
+def with_retries(step: Callable[[], T], attempts: int = 6, base_delay: float = 0.2) -> T:
+    """Run `step` (read, compute, conditional commit) again when another writer committed first."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return step()
+        except ConcurrentUpdate as exc:
+            if attempt == attempts:
+                raise ConcurrentUpdate(f"gave up after {attempts} conflicting commits: {exc}") from exc
+            delay = base_delay * 2 ** (attempt - 1) * (0.5 + random.random())
+            log.info(f"index commit conflicted ({exc}); retrying in {delay:.2f} s")
+            time.sleep(delay)
+    raise AssertionError("unreachable")

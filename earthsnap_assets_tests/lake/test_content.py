@@ -1,0 +1,106 @@
+"""The global checks: verdicts of copies, one pass over the content table for many groups, races."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from earthsnap_assets.lake.content import Copy, Verdict, check_groups, copy_verdicts, with_retries
+from earthsnap_assets.lake.intake import intake_group
+from earthsnap_assets.lake.storage import ConcurrentUpdate, MemoryBlobs
+from earthsnap_assets_tests.lake.harness import CONFIG, Lake
+from earthsnap_assets_tests.ml.training_fixtures import photo
+
+
+def test_copies_of_one_species_keep_the_smallest_key_and_conflicts_reject_every_copy():
+    same = [Copy("s", "flowers", "images/rose/b.jpg", "rose"), Copy("s", "flowers", "images/rose/a.jpg", "rose")]
+    assert copy_verdicts(same) == {
+        ("flowers", "images/rose/a.jpg"): Verdict(True),
+        ("flowers", "images/rose/b.jpg"): Verdict(False, "duplicate", "same content as images/rose/a.jpg"),
+    }
+    assert copy_verdicts(reversed(same)) == copy_verdicts(same)  # arrival order does not matter
+    mixed = [*same, Copy("s", "insects", "images/moth/z.jpg", "moth")]
+    verdicts = copy_verdicts(mixed)
+    assert {v.reason for v in verdicts.values()} == {"conflicting_labels"}
+    assert "['moth', 'rose']" in verdicts[("insects", "images/moth/z.jpg")].detail
+
+
+def _many_groups(groups: int, per_group: int) -> Lake:
+    rows = "".join(f"s{g}a,g{g}\ns{g}b,g{g}\n" for g in range(groups))
+    lake = Lake(taxonomy_text="species,group\n" + rows, config=replace(CONFIG, sample=CONFIG.sample))
+    seed = 0
+    for g in range(groups):
+        for i in range(per_group):
+            seed += 1
+            lake.put(f"images/s{g}{'ab'[i % 2]}/{i:03d}.jpg", photo(seed))
+    return lake
+
+
+def _intake_all(lake: Lake) -> None:
+    for group, species in lake.taxonomy.by_group.items():
+        intake_group(lake.blobs, "raw", "lake", group, species, lake.config.intake())
+
+
+def test_one_run_checks_every_changed_group_touching_each_bucket_at_most_a_few_times():
+    lake = _many_groups(groups=20, per_group=6)
+    _intake_all(lake)
+    checks = replace(CONFIG.manifest(), buckets=16).checks()
+    first = check_groups(lake.blobs, "lake", lake.taxonomy.groups, checks)
+    assert len(first.groups) == 20 and first.new_rows == 120 and first.probed == 120
+    # 20 groups, 16 buckets: each bucket read for verdicts, for the dHash scan and for the assignments,
+    # never once per group (per-group transactions would read 20 x 16)
+    assert first.buckets_read <= 3 * 16 and first.buckets_written <= 2 * 16
+    for g in range(20):  # a second upload to every group: still one pass
+        lake.put(f"images/s{g}a/late.jpg", photo(10_000 + g))
+    _intake_all(lake)
+    second = check_groups(lake.blobs, "lake", lake.taxonomy.groups, checks)
+    assert len(second.groups) == 20 and second.new_rows == 20 and second.buckets_read <= 3 * 16
+    quiet = check_groups(lake.blobs, "lake", lake.taxonomy.groups, checks)
+    assert quiet.groups == {} and quiet.buckets_read == 0  # nothing new: no bucket is read
+
+
+def test_a_commit_over_a_head_someone_else_moved_fails_and_the_whole_step_is_retried():
+    attempts = []
+
+    def step():
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise ConcurrentUpdate("someone committed in between")
+        return "done"
+
+    assert with_retries(step, base_delay=0.001) == "done" and len(attempts) == 2
+    with pytest.raises(ConcurrentUpdate, match="gave up after 2"):
+        with_retries(lambda: (_ for _ in ()).throw(ConcurrentUpdate("always")), attempts=2, base_delay=0.001)
+
+
+class RacingBlobs(MemoryBlobs):
+    """Runs `interloper` just before the first commit of the content head: another run in between."""
+
+    def __init__(self, source: MemoryBlobs, interloper) -> None:
+        super().__init__()
+        self.objects, self.modified, self.interloper = source.objects, source.modified, interloper
+
+    def write_if(self, bucket, key, data, expected_etag):
+        if key == "content/head.json" and self.interloper:
+            run, self.interloper = self.interloper, None
+            run()
+        return super().write_if(bucket, key, data, expected_etag)
+
+
+def test_two_checks_running_at_once_on_the_same_bytes_still_find_their_conflict():
+    lake = Lake()
+    for species, seed in (("rose", 1), ("tulip", 2), ("moth", 3)):
+        for i in range(3):
+            lake.put(f"images/{species}/{i}.jpg", photo(100 * seed + i))
+    lake.run()
+    shared = photo(777)
+    lake.put("images/rose/shared.jpg", shared).put("images/moth/shared.jpg", shared)
+    _intake_all(lake)
+    checks = CONFIG.manifest().checks()
+    racing = RacingBlobs(lake.blobs, lambda: check_groups(lake.blobs, "lake", ["insects"], checks))
+    result = check_groups(racing, "lake", ["flowers"], checks)  # its first commit loses, the retry sees insects
+    assert "insects" in result.groups  # the conflict moved the other group's verdict: it gets a delta
+    lake.run()
+    assert lake.rows("flowers")["images/rose/shared.jpg"]["reason"] == "conflicting_labels"
+    assert lake.rows("insects")["images/moth/shared.jpg"]["reason"] == "conflicting_labels"
