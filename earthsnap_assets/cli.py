@@ -136,15 +136,22 @@ def run_job(job: str, partition: str | None) -> None:
 
 @main.command("data")
 def prepare_data() -> None:
-    """The data side once, as automation runs it after an upload: taxonomy, every group's data, the fan-ins."""
+    """The data side once, in the order automation runs it: taxonomy, every group's intake, the global
+    checks (one run for all groups), every group's manifest and shards, then the version and the sample."""
     _dagster_home(_settings())
-    if not _execute("taxonomy_update"):
-        raise click.ClickException("taxonomy_update failed; see the run in the Dagster UI")
-    failed = [g for g in _species_groups() if not _execute("data_pipeline", g)]
+    _must("taxonomy_update")
+    groups = _species_groups()
+    _must("intake", groups)
+    _must("global_checks")
+    _must("data_pipeline", groups)
+    _must("dataset_release")
+
+
+def _must(job: str, partitions: list[str] | None = None) -> None:
+    failed = [p for p in partitions or [None] if not _execute(job, p)]
     if failed:
-        raise click.ClickException(f"data_pipeline failed for groups {failed}; see the runs in the Dagster UI")
-    if not _execute("dataset_release"):
-        raise click.ClickException("dataset_release failed; see the run in the Dagster UI")
+        where = f" for {failed}" if partitions else ""
+        raise click.ClickException(f"{job} failed{where}; see the runs in the Dagster UI")
 
 
 @main.command("trigger")

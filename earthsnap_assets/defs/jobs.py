@@ -20,6 +20,18 @@ data_job = dg.define_asset_job(
     description="One species group's data: intake (QA + preprocessing), validated manifest, training shards.",
 )
 
+intake_job = dg.define_asset_job(
+    "intake",
+    selection=dg.AssetSelection.assets("raw_images"),
+    description="One species group's intake: new photos read once, QA'd and preprocessed from one decode.",
+)
+
+checks_job = dg.define_asset_job(
+    "global_checks",
+    selection=dg.AssetSelection.assets("content_checks"),
+    description="Duplicates, label conflicts, near-duplicates and splits for every group's new photos at once.",
+)
+
 dataset_job = dg.define_asset_job(
     "dataset_release",
     selection=dg.AssetSelection.assets("dataset_version", "parent_sample"),

@@ -75,15 +75,20 @@ class Buckets:
         return sorted(self.instance.get_dynamic_partitions("species_group"))
 
     def build_data(self, run_config=None, raise_on_error=True) -> dict:
-        """What automation does after an upload: taxonomy, each group's data chain, then the fan-ins."""
+        """What automation does after an upload: taxonomy, each group's intake, the global checks, each
+        group's manifest and shards, then the fan-ins. Results by step (`intake` holds one per group)."""
         from earthsnap_assets.definitions import defs
 
         assets = list(defs.assets)
         results = {"taxonomy": self.materialize(assets, run_config, ["taxonomy"], raise_on_error)}
+        intake = {g: self.materialize(assets, run_config, ["raw_images"], raise_on_error, g) for g in self.groups()}
+        results["checks"] = self.materialize(assets, run_config, ["content_checks"], raise_on_error)
         for group in self.groups():
-            chain = ["raw_images", "validated_manifest", "dataset_splits"]
+            chain = ["validated_manifest", "dataset_splits"]
             results[group] = self.materialize(assets, run_config, chain, raise_on_error, partition=group)
-        if all(r.success for r in results.values()):
+        ok = all(r.success for r in [*results.values(), *intake.values()])
+        results["intake"] = intake
+        if ok:
             results["fan_in"] = self.materialize(
                 assets, run_config, ["dataset_version", "parent_sample"], raise_on_error
             )

@@ -83,14 +83,14 @@ def test_events_dropped_on_the_way_are_recovered_by_the_reconciliation(lake):
         store.write(store.raw_bucket, f"images/birch/late-{i}.jpg", photo("rosa-pentapetala", 100 + i))
     tick(lake, None)  # a new cursor past the uploads: their events are lost
     assert not logged(lake, "trees")
-    assert _metadata(lake.build_data()["trees"], "raw_images")["decoded_this_run"] == 0  # nothing told intake
+    assert _metadata(lake.build_data()["intake"]["trees"], "raw_images")["decoded_this_run"] == 0  # nothing told intake
     reconciled = lake.materialize(list(defs.assets), selection=["raw_reconciliation"])
     meta = _metadata(reconciled, "raw_reconciliation")
     assert meta["groups_with_differences"] == 1 and meta["listed_objects"] == 15
     reported = [e for e in reconciled.all_events if e.event_type_value == "ASSET_MATERIALIZATION"]
     assert ("raw_changes", "trees") in {(e.asset_key.to_user_string(), e.partition) for e in reported}
     after = lake.build_data()
-    assert _metadata(after["trees"], "raw_images")["decoded_this_run"] == 3
+    assert _metadata(after["intake"]["trees"], "raw_images")["decoded_this_run"] == 3
     assert _metadata(after["trees"], "validated_manifest")["accepted"] == 15
 
 
@@ -141,15 +141,24 @@ def test_one_groups_upload_reruns_only_that_groups_partitions_and_retrains_only_
     assert not requested(quiet) & {(k, p) for k in TRAINING for p in (None, "trees", "birds")}
 
     cursor = tick(lake, None).cursor
-    for i in range(20):  # a burst of uploads into one group is one run of that group's chain
+    for i in range(20):  # a burst of uploads into one group: one intake run of that group
         store.write(store.raw_bucket, f"images/wren/new-{i:02d}.jpg", photo("carabus-lineatus", 900 + i))
     tick(lake, cursor)
-    data = dg.evaluate_automation_conditions(defs=defs, instance=lake.instance, cursor=quiet.cursor)
-    chain = {("raw_images", "birds"), ("validated_manifest", "birds"), ("dataset_splits", "birds")}
-    assert requested(data) == chain  # only the touched group's data; training waits for it
+    intake = dg.evaluate_automation_conditions(defs=defs, instance=lake.instance, cursor=quiet.cursor)
+    assert requested(intake) == {("raw_images", "birds")}  # only the touched group; training waits for data
 
-    run = lake.materialize(list(defs.assets), selection=[k for k, _ in chain], partition="birds")
+    run = lake.materialize(list(defs.assets), selection=["raw_images"], partition="birds")
     assert _metadata(run, "raw_images")["decoded_this_run"] == 20
+    checks = dg.evaluate_automation_conditions(defs=defs, instance=lake.instance, cursor=intake.cursor)
+    assert requested(checks) == {("content_checks", None)}  # one run of the global checks, for all groups
+
+    checked = lake.materialize(list(defs.assets), selection=["content_checks"])
+    assert _metadata(checked, "content_checks")["groups_changed"] == 1
+    data = dg.evaluate_automation_conditions(defs=defs, instance=lake.instance, cursor=checks.cursor)
+    chain = {("validated_manifest", "birds"), ("dataset_splits", "birds")}
+    assert requested(data) == chain
+
+    lake.materialize(list(defs.assets), selection=[k for k, _ in chain], partition="birds")
     after_data = dg.evaluate_automation_conditions(defs=defs, instance=lake.instance, cursor=data.cursor)
     child = {(k, "birds") for k in ("child_hyperparams", "child_model", "child_evaluation", "registered_child")}
     assert requested(after_data) == child | {("dataset_version", None), ("parent_sample", None)}

@@ -74,7 +74,7 @@ def test_rerun_is_incremental_deterministic_and_touches_only_the_changed_group(l
     groups = lake.groups()
     again = lake.build_data()
     for group in groups:
-        assert _metadata(again[group], "raw_images")["decoded_this_run"] == 0
+        assert _metadata(again["intake"][group], "raw_images")["decoded_this_run"] == 0
         assert _metadata(again[group], "dataset_splits")["reused_existing_layout"] is True
     version = _metadata(first["fan_in"], "dataset_version")["dataset_version"]
     assert _metadata(again["fan_in"], "dataset_version")["dataset_version"] == version
@@ -90,7 +90,7 @@ def test_rerun_is_incremental_deterministic_and_touches_only_the_changed_group(l
     assert captured.events == 1 and list(captured.batches) == [touched]
     grown = lake.build_data()
     for group in groups:
-        intake = _metadata(grown[group], "raw_images")
+        intake = _metadata(grown["intake"][group], "raw_images")
         manifest = _metadata(grown[group], "validated_manifest")
         if group == touched:
             assert intake["decoded_this_run"] == 1 and manifest["changed_rows"] == 1
