@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -307,6 +309,58 @@ def _predict_sample(settings: Settings) -> None:
     click.echo("  " + json.dumps(answer, indent=2).replace("\n", "\n  "))
 
 
+AUTOMATION_SENSORS = ("raw_change_sensor", "earthsnap_automation")
+
+
+@contextlib.contextmanager
+def _automation_paused(settings: Settings) -> Iterator[None]:
+    """The demo drives the first build itself, step by step: change capture and automation wait meanwhile
+    (otherwise they would build the same uploads a second time in the background), then resume."""
+    from earthsnap_assets.api import set_sensor
+
+    url = f"http://127.0.0.1:{settings.dagster_port}"
+    for name in AUTOMATION_SENSORS:
+        set_sensor(url, name, running=False)
+    try:
+        yield
+    finally:
+        for name in AUTOMATION_SENSORS:
+            set_sensor(url, name, running=True)
+
+
+def _demo_loop(settings: Settings, species: str, photos: int = 12, timeout: float = 420.0) -> None:
+    """New photos of one species arrive; change capture and automation rebuild that group alone."""
+    import io
+
+    import dagster as dg
+    import numpy as np
+
+    from earthsnap_assets.demo.synthetic import render_image
+    from earthsnap_assets.resources.object_store import ObjectStore
+
+    store = ObjectStore()
+    started, rng = time.time(), np.random.default_rng(int(time.time()))
+    for i in range(photos):
+        buffer = io.BytesIO()
+        render_image(species, rng, (480, 360)).save(buffer, "JPEG", quality=90)
+        store.write(store.raw_bucket, f"images/{species}/loop-{int(started)}-{i:02d}.jpg", buffer.getvalue())
+    click.echo(f"  uploaded {photos} photos of {species}; waiting for the change sensor and automation ...")
+    with dg.DagsterInstance.get() as instance:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            runs = [r for r in instance.get_runs(limit=50) if r.create_timestamp >= started]
+            built = [r for r in runs if "dataset_splits" in {k.path[-1] for k in r.asset_selection or []}]
+            if built and all(r.status == dg.DagsterRunStatus.SUCCESS for r in built):
+                break
+            time.sleep(5)
+        for run in sorted(runs, key=lambda r: r.create_timestamp):
+            assets = ", ".join(sorted(k.path[-1] for k in run.asset_selection or []))
+            partition = run.tags.get("dagster/partition", "-")
+            click.echo(f"  run {run.run_id[:8]} [{partition}] {run.status.value:8s} {assets}")
+    if not built:
+        click.echo(f"  (not done after {timeout:.0f} s: follow the runs in the Dagster UI)")
+
+
 @main.command("demo")
 @click.option("--images-per-species", default=80, show_default=True)
 @click.option(
@@ -314,8 +368,9 @@ def _predict_sample(settings: Settings) -> None:
     is_flag=True,
     help="DEMO ONLY: approve gate-passed versions automatically. In production a person approves in MLflow.",
 )
+@click.option("--loop/--no-loop", default=True, show_default=True, help="end by uploading a few photos to one group")
 @click.pass_context
-def demo(ctx: click.Context, images_per_species: int, auto_approve: bool) -> None:
+def demo(ctx: click.Context, images_per_species: int, auto_approve: bool, loop: bool) -> None:
     """The whole story on a fresh machine: stack, data, training, approval, staging, production, a prediction."""
     from earthsnap_assets.stack import stack_up
 
@@ -325,12 +380,13 @@ def demo(ctx: click.Context, images_per_species: int, auto_approve: bool) -> Non
     click.echo("== starting the local stack (SeaweedFS S3, MLflow, Dagster, staging + production endpoints)")
     for status in stack_up(settings, dagster=True, serving=True):
         click.echo(f"  {status.name:17s} {status.url}")
-    click.echo("== generating and ingesting demo data")
-    ctx.invoke(demo_data, images_per_species=images_per_species)
-    click.echo("== the data side: intake + QA per species group, manifests, shards, dataset version, parent sample")
-    ctx.invoke(prepare_data)
-    click.echo("== tuning, training, evaluating and registering parent and child models")
-    ctx.invoke(train_all)
+    with _automation_paused(settings):
+        click.echo("== generating and ingesting demo data")
+        ctx.invoke(demo_data, images_per_species=images_per_species)
+        click.echo("== the data side: intake + QA per species group, global checks, manifests, shards, version, sample")
+        ctx.invoke(prepare_data)
+        click.echo("== tuning, training, evaluating and registering parent and child models")
+        ctx.invoke(train_all)
     if auto_approve:
         click.echo("== approval: DEMO MODE approves automatically; in production a person sets approval=approved")
         click.echo("   in the MLflow UI or runs `earthsnap approve MODEL VERSION`")
@@ -340,6 +396,9 @@ def demo(ctx: click.Context, images_per_species: int, auto_approve: bool) -> Non
             _predict_sample(settings)
     else:
         click.echo("== waiting for a person: approve versions with `earthsnap approve MODEL VERSION`")
+    if loop:
+        click.echo("== the loop: new photos of one species; Dagster rebuilds only that group (no command needed)")
+        _demo_loop(settings, "coccinella-rotunda")
     click.echo(f"== done in {time.monotonic() - started:.0f} s")
     click.echo(f"  Dagster UI          : http://127.0.0.1:{settings.dagster_port}/asset-groups")
     click.echo(f"  MLflow UI           : {settings.mlflow_tracking_uri}/#/models")

@@ -245,16 +245,19 @@ def _pass_verdicts(
         gone_by_bucket[_bucket_of(sha, table.buckets)].add((group, key))
     changed = {(c.group, k) for c in changes for k in c.rows}
     for number in sorted(set(by_bucket) | set(gone_by_bucket)):
-        rows = table.load(number).to_pylist()
-        current = {_ident(r): dict(r) for r in rows}
+        stored = table.load(number)
         arriving = {_ident(r): r for r in by_bucket.get(number, [])}
         drop = gone_by_bucket.get(number, set()) | set(arriving)
-        touched = {current[i]["sha256"] for i in drop if i in current} | {r["sha256"] for r in arriving.values()}
-        rows = [r for r in rows if _ident(r) not in drop] + list(arriving.values())
-        members = _copies([r for r in rows if r["sha256"] in touched])
+        dropped = pc.is_in(_idents(stored), pa.array(sorted(f"{g}\t{k}" for g, k in drop), pa.string()))
+        dropped_shas = set(stored.filter(dropped)["sha256"].to_pylist())
+        touched = dropped_shas | {r["sha256"] for r in arriving.values()}
+        in_touched = pc.is_in(stored["sha256"], pa.array(sorted(touched), pa.string()))
+        # only rows sharing bytes with a change go through Python; the rest of the bucket stays columnar
+        untouched = stored.filter(pc.invert(pc.or_(in_touched, dropped)))
+        current = {_ident(r): r for r in stored.filter(pc.or_(in_touched, dropped)).to_pylist()}
+        rows = [dict(r) for i, r in current.items() if i not in drop] + list(arriving.values())
+        members = _copies(rows)
         for row in rows:
-            if row["sha256"] not in touched:
-                continue
             ident = _ident(row)
             before = current.get(ident)
             verdict = copy_verdicts(members[row["sha256"]])[ident]
@@ -276,8 +279,13 @@ def _pass_verdicts(
             before = current.get(ident)
             if before and before["accepted"]:
                 outcome.lost.append(before)
-        table.store(number, pa.Table.from_pylist(rows, schema=CONTENT_SCHEMA))
+        table.store(number, pa.concat_tables([untouched, pa.Table.from_pylist(rows, schema=CONTENT_SCHEMA)]))
     return outcome
+
+
+def _idents(table: pa.Table) -> pa.Array:
+    """"group<TAB>key" of every row, to match row identities in one vectorised step."""
+    return pc.binary_join_element_wise(table["group"], table["key"], "\t")
 
 
 def _accepted_hashes(table: ContentTable) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -311,8 +319,8 @@ def _neighbours(table: ContentTable, arriving: list[dict], bits: int) -> tuple[d
     for i, j, d in zip(a.tolist(), b.tolist(), distance.tolist(), strict=True):
         number = int(buckets[j])
         if number not in details:
-            details[number] = table.load(number, columns=["key", "group", "species", "cluster", "split"]).to_pylist()
-        found[i].append({**details[number][int(rows[j])], "distance": d})
+            details[number] = table.load(number, columns=["key", "group", "species", "cluster", "split"])
+        found[i].append({**details[number].slice(int(rows[j]), 1).to_pylist()[0], "distance": d})
     return found, len(hashes)
 
 
@@ -367,14 +375,12 @@ def _store_assignments(table: ContentTable, arriving: list[dict]) -> None:
     """Pass 2: write clusters and splits of the arriving rows into their buckets."""
     by_bucket: dict[int, dict[tuple[str, str], dict]] = defaultdict(dict)
     for row in arriving:
-        by_bucket[_bucket_of(row["sha256"], table.buckets)][(row["group"], row["key"])] = row
+        by_bucket[_bucket_of(row["sha256"], table.buckets)][_ident(row)] = row
     for number, updates in sorted(by_bucket.items()):
-        rows = table.load(number).to_pylist()
-        for row in rows:
-            new = updates.get((row["group"], row["key"]))
-            if new is not None:
-                row.update({f: new[f] for f in ("cluster", "split", "near_duplicate_of", "near_duplicate_species")})
-        table.store(number, pa.Table.from_pylist(rows, schema=CONTENT_SCHEMA))
+        stored = table.load(number)
+        mine = pc.is_in(_idents(stored), pa.array(sorted(f"{g}\t{k}" for g, k in updates), pa.string()))
+        new = pa.Table.from_pylist(list(updates.values()), schema=CONTENT_SCHEMA)
+        table.store(number, pa.concat_tables([stored.filter(pc.invert(mine)), new]))
 
 
 # --- deltas for the group manifests ---------------------------------------------------------------------
