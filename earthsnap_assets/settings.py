@@ -44,6 +44,7 @@ class Settings:
       EARTHSNAP_WEED_MASTER_PORT [9333], EARTHSNAP_WEED_VOLUME_PORT [8380], EARTHSNAP_WEED_FILER_PORT [8888]
       EARTHSNAP_RAW_EVENTS [filer://127.0.0.1:<filer port>]: where raw-bucket change events come from;
         on AWS the URL of the SQS queue that the raw bucket's S3 Event Notifications feed
+      EARTHSNAP_SENSOR_INTERVAL_S [unset: 15 s change capture, 30 s automation]: both, when set (tests use 5)
     """
 
     home: Path
@@ -63,6 +64,7 @@ class Settings:
     weed_filer_port: int
     staging_port: int = 8101
     production_port: int = 8102
+    sensor_interval_s: int | None = None
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -89,6 +91,7 @@ class Settings:
             weed_filer_port=_int(env, "EARTHSNAP_WEED_FILER_PORT", 8888),
             staging_port=_int(env, "EARTHSNAP_STAGING_PORT", 8101),
             production_port=_int(env, "EARTHSNAP_PRODUCTION_PORT", 8102),
+            sensor_interval_s=_int(env, "EARTHSNAP_SENSOR_INTERVAL_S", 0) or None,
             env=env,
         )
 

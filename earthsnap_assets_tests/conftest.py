@@ -28,7 +28,8 @@ def stack_env(home: Path) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """The running test stack's Settings; started on first use, stopped at the end of the session."""
-    env = stack_env(tmp_path_factory.mktemp("stack-home"))
+    # change capture and automation tick every 5 s (instead of 15 s and 30 s) in the test stack's dagster dev
+    env = {**stack_env(tmp_path_factory.mktemp("stack-home")), "EARTHSNAP_SENSOR_INTERVAL_S": "5"}
     with pytest.MonkeyPatch.context() as patch:
         for name, value in env.items():
             patch.setenv(name, value)

@@ -60,12 +60,12 @@ def retrain_on_data_change() -> A:
     return _when(data | training).with_label("retrain on data change")
 
 
-def automation_sensor() -> dg.AutomationConditionSensorDefinition:
+def automation_sensor(interval_s: int = 30) -> dg.AutomationConditionSensorDefinition:
     return dg.AutomationConditionSensorDefinition(
         "earthsnap_automation",
         target=dg.AssetSelection.all(),
         default_status=dg.DefaultSensorStatus.RUNNING,
-        minimum_interval_seconds=30,
+        minimum_interval_seconds=interval_s,
         description="Materializes exactly the partitions whose data changed (see defs/automation.py).",
     )
 

@@ -16,13 +16,17 @@ from earthsnap_assets.resources.raw_events import RawEvents
 SENSOR = "raw_change_sensor"
 
 
-@dg.sensor(
-    name=SENSOR,
-    minimum_interval_seconds=15,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Raw-bucket events -> per-group change logs -> raw_changes[g] (bounded work per tick).",
-)
-def raw_change_sensor(
+def build_raw_change_sensor(interval_s: int = 15) -> dg.SensorDefinition:
+    return dg.SensorDefinition(
+        name=SENSOR,
+        evaluation_fn=raw_change_tick,
+        minimum_interval_seconds=interval_s,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Raw-bucket events -> per-group change logs -> raw_changes[g] (bounded work per tick).",
+    )
+
+
+def raw_change_tick(
     context: dg.SensorEvaluationContext, store: ObjectStore, raw_events: RawEvents
 ) -> dg.SensorResult | dg.SkipReason:
     source = raw_events.source(store.raw_bucket)
@@ -51,3 +55,6 @@ def raw_change_sensor(
     if not events:
         return dg.SensorResult(skip_reason=dg.SkipReason(f"no change ({summary})"), cursor=result.cursor)
     return dg.SensorResult(asset_events=events, cursor=result.cursor)
+
+
+raw_change_sensor = build_raw_change_sensor()

@@ -284,7 +284,7 @@ def _pass_verdicts(
 
 
 def _idents(table: pa.Table) -> pa.Array:
-    """"group<TAB>key" of every row, to match row identities in one vectorised step."""
+    """ "group<TAB>key" of every row, to match row identities in one vectorised step."""
     return pc.binary_join_element_wise(table["group"], table["key"], "\t")
 
 
@@ -519,17 +519,13 @@ def _check(blobs: VersionedBlobs, bucket: str, groups: list[str], config: Checks
         ]
         written[change.group] = len(rows)
         deltas[change.group] = _write_delta(blobs, bucket, change.group, _next_seq(checked, change.group), rows)
-        checked[change.group] = {
-            **checked.get(change.group, {}),
-            "state": change.state,
-            "log_seq": change.log_seq,
-            "seq": _next_seq(checked, change.group),
-        }
+        checked[change.group] = _committed(checked.get(change.group, {}), deltas[change.group])
+        checked[change.group] |= {"state": change.state, "log_seq": change.log_seq}
     for group, rows in outcome.updated.items():  # groups that did not change themselves, but their verdicts did
         update_rows = [{"change": UPDATE, **_empty_row(group), **_verdict_row(r)} for r in rows]
         written[group] = len(update_rows)
         deltas[group] = _write_delta(blobs, bucket, group, _next_seq(checked, group), update_rows)
-        checked[group] = {**checked.get(group, {}), "seq": _next_seq(checked, group)}
+        checked[group] = _committed(checked.get(group, {}), deltas[group])
     for group, per_species in counts.items():
         if group in checked:
             checked[group]["splits"] = {s: {k: v for k, v in c.items() if v} for s, c in sorted(per_species.items())}
@@ -555,6 +551,27 @@ def _check(blobs: VersionedBlobs, bucket: str, groups: list[str], config: Checks
 
 def _next_seq(checked: dict, group: str) -> int:
     return int(checked.get(group, {}).get("seq", 0)) + 1
+
+
+# Deltas a manifest may apply are the ones the head names (a run that lost its commit leaves files behind
+# that nobody applies); the last few are kept in the head, far more than a manifest lags behind.
+KEPT_DELTAS = 64
+
+
+def _committed(state: dict, delta: str) -> dict:
+    return {**state, "seq": int(state.get("seq", 0)) + 1, "deltas": [*state.get("deltas", []), delta][-KEPT_DELTAS:]}
+
+
+def committed_deltas(blobs: VersionedBlobs, bucket: str, group: str, after: str | None) -> list[str]:
+    """The deltas of `group` committed after `after` (the last one a manifest applied), oldest first."""
+    state = content_head(blobs, bucket).get("groups", {}).get(group, {})
+    kept = state.get("deltas", [])
+    if after and kept and after < kept[0] and int(state.get("seq", 0)) > KEPT_DELTAS:
+        raise RuntimeError(
+            f"the manifest of {group} is more than {KEPT_DELTAS} deltas behind the global checks: "
+            "materialize content_checks with other rules or splits once to rebuild every manifest"
+        )
+    return [k for k in kept if after is None or k > after]
 
 
 def _content_row(obj: dict) -> dict:

@@ -89,11 +89,8 @@ def _current(blobs: VersionedBlobs, bucket: str) -> set[str]:
     for group in _groups(blobs, bucket, "manifests/"):
         head = load_head(blobs, bucket, paths.manifest_head(group))
         live |= {paths.manifest_head(group), head.get("segment"), head.get("report")}
-        # deltas of the global checks the manifest has not applied yet
-        live |= set(blobs.list_keys(bucket, paths.checks_prefix(group), start_after=head.get("delta") or ""))
-    for group in content.get("groups", {}):
-        if not blobs.exists(bucket, paths.manifest_head(group)):
-            live |= set(blobs.list_keys(bucket, paths.checks_prefix(group)))
+    for state in content.get("groups", {}).values():  # committed deltas (a manifest may not have applied them)
+        live |= set(state.get("deltas", []))
     for layout in _layouts(blobs, bucket):
         for group in _groups(blobs, bucket, f"datasets/{layout}/"):
             head = load_head(blobs, bucket, paths.layout_head(layout, group))

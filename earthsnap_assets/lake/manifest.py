@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from earthsnap_assets.hashing import fingerprint
 from earthsnap_assets.lake import paths
-from earthsnap_assets.lake.content import ChecksConfig, check_groups, content_head
+from earthsnap_assets.lake.content import ChecksConfig, check_groups, committed_deltas, content_head
 from earthsnap_assets.lake.heads import commit_head, load_head
 from earthsnap_assets.lake.segments import (
     ACCEPTED,
@@ -152,7 +152,7 @@ def validate_group(
     previous = {}
     if head.exists:
         previous = {r["key"]: r for r in read_table(blobs, lake_bucket, head.value["segment"]).to_pylist()}
-    keys = blobs.list_keys(lake_bucket, paths.checks_prefix(group), start_after=head.get("delta") or "")
+    keys = committed_deltas(blobs, lake_bucket, group, head.get("delta"))
     rows, changed, removed = apply_deltas(previous, [read_table(blobs, lake_bucket, k) for k in keys])
     table = pa.Table.from_pylist([rows[k] for k in sorted(rows)], schema=SEGMENT_SCHEMA)
     version = group_version(group, sorted(species), rows, config.fingerprint())

@@ -66,3 +66,28 @@ def test_gate_failure_is_recorded_on_the_version(trained):
     assert meta["gate"] == "failed" and "minimum" in meta["gate_reason"]
     tags = MlflowClient(lake.registry.uri).get_model_version(meta["registered_model"], meta["version"]).tags
     assert tags["gate"] == "failed" and tags["approval"] == "pending"
+
+
+def test_garbage_collection_keeps_what_registered_models_were_trained_on(trained):
+    from datetime import timedelta
+
+    from earthsnap_assets.definitions import defs
+    from earthsnap_assets.defs.maintenance import registered_data
+    from earthsnap_assets.lake.gc import collect_garbage
+    from earthsnap_assets.lake.tables import read_table
+
+    lake, _groups, _results = trained
+    models = registered_data(lake.registry)
+    mine = [m for m in models if m.dataset_uri.startswith(f"s3://{lake.store.lake_bucket}/")]
+    assert mine and {m.model for m in mine} >= {"earthsnap-parent"}
+    dry = lake.materialize(list(defs.assets), selection=["lake_garbage_collection"])
+    assert dry.success
+    store = lake.store
+    orphan = "datasets/l-orphan/nobody/shards/train/deadbeef.npy"  # what a crashed step could leave behind
+    store.write(store.lake_bucket, orphan, b"not referenced by anything")
+    result = collect_garbage(store, store.lake_bucket, models, keep_versions=0, min_age=timedelta(0), dry_run=False)
+    assert orphan in result.garbage and not store.exists(store.lake_bucket, orphan)
+    for model in mine:  # every registered version's training index and its shards are still there
+        index_key = model.dataset_uri.removeprefix(f"s3://{store.lake_bucket}/")
+        shards = set(read_table(store, store.lake_bucket, index_key)["shard"].to_pylist())
+        assert all(store.exists(store.lake_bucket, key) for key in shards), model

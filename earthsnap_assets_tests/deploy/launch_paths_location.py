@@ -37,7 +37,23 @@ automation = dg.AutomationConditionSensorDefinition(
 )
 
 
-defs = dg.Definitions.merge(
+def _with_sensors(base: dg.Definitions, sensors: list, replaced: str) -> dg.Definitions:
+    """`base` with `replaced` (the code's own automation sensor over every asset) swapped for `sensors`:
+    Dagster allows one automation sensor per asset, and this one targets only the asset under test."""
+    kept = [s for s in base.sensors or [] if s.name != replaced]
+    return dg.Definitions(
+        assets=base.assets,
+        asset_checks=base.asset_checks,
+        jobs=base.jobs,
+        schedules=base.schedules,
+        sensors=[*kept, *sensors],
+        resources=base.resources,
+        executor=base.executor,
+    )
+
+
+defs = _with_sensors(
     k8s_definitions.defs.map_resolved_asset_specs(func=_automate, selection=[AUTOMATED]),
-    dg.Definitions(sensors=[train_beetles_sensor, automation]),
+    [train_beetles_sensor, automation],
+    replaced="earthsnap_automation",
 )

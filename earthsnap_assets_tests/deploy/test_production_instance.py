@@ -1,5 +1,6 @@
 """deploy/dagster.yaml, loaded as it is, on a real PostgreSQL server and the real S3 of the test stack."""
 
+import json
 import os
 import shutil
 import uuid
@@ -55,9 +56,10 @@ def test_gpu_work_is_limited_per_pool_and_per_run(production_home):
         queue = config.run_queue_config
         assert queue is not None and queue.should_block_op_concurrency_limited_runs
         assert queue.op_concurrency_slot_buffer == 0
-        limits = {(t["key"], t.get("value")): t["limit"] for t in queue.tag_concurrency_limits}
-        assert limits[("earthsnap/compute", "gpu")] == 2
-        assert limits[("earthsnap/deploy", None)] == 1
+        limits = {(t["key"], json.dumps(t.get("value"))): t["limit"] for t in queue.tag_concurrency_limits}
+        assert limits[("earthsnap/compute", '"gpu"')] == 2
+        assert limits[("earthsnap/deploy", "null")] == 1
+        assert limits[("dagster/partition", '{"applyLimitPerUniqueValue": true}')] == 1  # one run per group
 
 
 def test_a_materialization_on_postgres_is_stored_and_its_step_logs_land_in_s3(production_home, tmp_path_factory):
