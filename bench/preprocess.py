@@ -6,7 +6,8 @@ Prints ONE JSON object to stdout; progress goes to stderr. Run from the reposito
 
 Measured over N generated 800x600 JPEGs (realistic content from `synthetic.render_image`):
   naive      Image.open -> convert("RGB") -> resize((S, S)) -> save(PNG) per image, one thread
-  ours       validate() + build_dataset() on a cold lake (QA, preprocessing, splits, shards)
+  ours       the data side's steps on a cold lake (`lake.pipeline.prepare_dataset`): intake (QA and the
+             model's pixels from one decode), global checks, manifests, splits, shards, version, sample
   rerun      the same again with no new data (every cache hit)
   incr. 1%   1% new images added, then the same again: only the new ones may be decoded
   --s3       first run / re-run / incremental through the real object store (`earthsnap stack up`)
@@ -36,13 +37,13 @@ from pathlib import Path
 
 import numpy as np
 import PIL
-from earthsnap_assets.ml.dataset_build import build_dataset
-from earthsnap_assets.ml.manifest import RawObject
-from earthsnap_assets.ml.validation import validate
 from PIL import Image
 
+from earthsnap_assets.lake.changes import append_batch, route
+from earthsnap_assets.lake.events import RawEvent
+from earthsnap_assets.lake.pipeline import DataConfig, prepare_dataset
 from earthsnap_assets.lake.splits import SplitConfig
-from earthsnap_assets.lake.storage import Blobs, MemoryBlobs
+from earthsnap_assets.lake.storage import MemoryBlobs, VersionedBlobs
 from earthsnap_assets.lake.taxonomy import Taxonomy
 from earthsnap_assets.ml.preprocessing import PreprocessConfig
 from earthsnap_assets.ml.quality import QualityRules
@@ -158,7 +159,7 @@ def naive_loop(datas: Sequence[bytes], size: int) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class Pipeline:
-    """What one `validate` + `build_dataset` run needs besides the store."""
+    """What one run of the data side needs besides the store."""
 
     taxonomy: Taxonomy
     rules: QualityRules
@@ -168,55 +169,41 @@ class Pipeline:
     lake_bucket: str
     workers: int
 
+    def config(self) -> DataConfig:
+        return DataConfig(self.rules, self.splits, self.preprocess.image_size, workers=self.workers)
 
-def run_pipeline(blobs: Blobs, list_objects: Callable[[], list[RawObject]], p: Pipeline) -> dict:
-    """One timed run: list, QA + manifest, then preprocessing + splits + shards."""
+
+def run_pipeline(blobs: VersionedBlobs, p: Pipeline) -> dict:
+    """One timed run of every step, as automation runs them after an upload."""
     cpu = cpu_seconds()
     start = time.perf_counter()
-    objects = list_objects()
-    listed = time.perf_counter()
-    checked = validate(
-        blobs,
-        objects,
-        p.taxonomy,
-        p.rules,
-        raw_bucket=p.raw_bucket,
-        lake_bucket=p.lake_bucket,
-        prefix=PREFIX,
-        workers=p.workers,
-    )
-    validated = time.perf_counter()
-    dataset = build_dataset(
-        blobs,
-        checked.manifest,
-        raw_bucket=p.raw_bucket,
-        lake_bucket=p.lake_bucket,
-        preprocess=p.preprocess,
-        splits=p.splits,
-        workers=p.workers,
-    )
-    built = time.perf_counter()
+    prepared = prepare_dataset(blobs, p.raw_bucket, p.lake_bucket, p.taxonomy, p.config())
+    total = time.perf_counter() - start
+    runs = prepared.groups.values()
+    intake_s = sum(r.intake.seconds for r in runs)
+    validate_s = intake_s + prepared.checks.seconds + sum(r.manifest.seconds for r in runs)
+    decoded = sum(r.intake.decoded for r in runs)
     return {
-        "total_s": built - start,
+        "total_s": total,
         "cpu_s": cpu_seconds() - cpu,
-        "list_s": listed - start,
-        "validate_s": validated - listed,
-        "build_s": built - validated,
-        "objects": len(objects),
-        "accepted": len(checked.manifest.accepted),
-        "rejected": len(checked.manifest.rejected),
-        "qa_decoded": checked.decoded,
-        "qa_reused": checked.reused,
-        "preprocessed": dataset.preprocessed,
-        "layout_reused": dataset.reused,
-        "shards": len(dataset.index["shards"]),
-        "dataset_version": dataset.dataset_version,
+        "intake_s": intake_s,
+        "checks_s": prepared.checks.seconds,
+        "validate_s": validate_s,  # intake (QA + pixels, one decode), global checks, manifests
+        "build_s": total - validate_s,  # layouts (shards), dataset version, parent sample
+        "objects": sum(r.manifest.report["objects"] for r in runs),
+        "accepted": prepared.version.totals["accepted"],
+        "rejected": prepared.version.totals["rejected"],
+        "qa_decoded": decoded,
+        # one decode gives QA and the pixels; a layout decodes again only at another resolution
+        "preprocessed": decoded + sum(r.layout.decoded for r in runs),
+        "layout_reused": all(r.layout.reused for r in runs),
+        "shards": sum(r.layout.shards for r in runs),
+        "dataset_version": prepared.version.dataset_version,
     }
 
 
 def three_runs(
-    blobs: Blobs,
-    list_objects: Callable[[], list[RawObject]],
+    blobs: VersionedBlobs,
     upload: Callable[[dict[str, bytes]], None],
     photos: Photos,
     extra: Photos,
@@ -225,15 +212,15 @@ def three_runs(
 ) -> dict:
     """First run on a cold lake, a re-run with nothing new, then one with `extra` added."""
     upload(photos.files)
-    log(f"[{label}] first run over {len(photos.files)} images (cold lake, cold process pool)")
-    first = run_pipeline(blobs, list_objects, p)
+    log(f"[{label}] first run over {len(photos.files)} images (cold lake)")
+    first = run_pipeline(blobs, p)
     log(f"[{label}]   {first['total_s']:.2f} s (validate {first['validate_s']:.2f}, build {first['build_s']:.2f})")
     log(f"[{label}] re-run, no new data")
-    rerun = run_pipeline(blobs, list_objects, p)
+    rerun = run_pipeline(blobs, p)
     log(f"[{label}]   {rerun['total_s']:.3f} s")
     upload(extra.files)
     log(f"[{label}] incremental run, {len(extra.files)} new images")
-    incremental = run_pipeline(blobs, list_objects, p)
+    incremental = run_pipeline(blobs, p)
     log(f"[{label}]   {incremental['total_s']:.3f} s, decoded {incremental['qa_decoded']} (QA)")
     new = len(extra.files)
     return {
@@ -246,19 +233,18 @@ def three_runs(
     }
 
 
-def memory_store() -> tuple[MemoryBlobs, Callable[[], list[RawObject]], Callable[[dict[str, bytes]], None]]:
-    blobs = MemoryBlobs()
-    etags: dict[str, RawObject] = {}
+def uploader(blobs, raw_bucket: str, lake_bucket: str, taxonomy: Taxonomy) -> Callable[[dict[str, bytes]], None]:
+    """Write photos and deliver their events to the change logs, as the change sensor does."""
 
     def upload(files: dict[str, bytes]) -> None:
         for key, data in files.items():
-            blobs.write(RAW_BUCKET, key, data)
-            etags[key] = RawObject(key, etag(data), len(data))
+            blobs.write(raw_bucket, key, data)
+        now = time.time_ns()
+        events = [RawEvent(k, "put", etag(d), len(d), now + i, "bench") for i, (k, d) in enumerate(files.items())]
+        for group, routed in route(events, taxonomy.species_to_group).by_group.items():
+            append_batch(blobs, lake_bucket, group, routed)
 
-    def list_objects() -> list[RawObject]:
-        return [etags[key] for key in blobs.list_keys(RAW_BUCKET, PREFIX)]
-
-    return blobs, list_objects, upload
+    return upload
 
 
 # ---------------------------------------------------------------------------------------------- S3
@@ -278,15 +264,7 @@ def s3_bench(photos: Photos, extra: Photos, p: Pipeline) -> dict:
         client.create_bucket(Bucket=bucket)
     try:
         pipeline = Pipeline(p.taxonomy, p.rules, p.preprocess, p.splits, raw, lake, p.workers)
-        result = three_runs(
-            store,
-            lambda: store.list_objects(raw, PREFIX),
-            lambda files: store.upload_many(raw, files),
-            photos,
-            extra,
-            pipeline,
-            "s3",
-        )
+        result = three_runs(store, uploader(store, raw, lake, p.taxonomy), photos, extra, pipeline, "s3")
     finally:
         for bucket in (raw, lake):
             _delete_bucket(client, bucket)
@@ -395,8 +373,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         lake_bucket=LAKE_BUCKET,
         workers=args.workers,
     )
-    blobs, list_objects, upload = memory_store()
-    ours = three_runs(blobs, list_objects, upload, photos, extra, pipeline, "memory")
+    blobs = MemoryBlobs()
+    ours = three_runs(
+        blobs, uploader(blobs, RAW_BUCKET, LAKE_BUCKET, photos.taxonomy), photos, extra, pipeline, "memory"
+    )
 
     report = {
         "benchmark": "preprocess",

@@ -4,7 +4,7 @@ Prints ONE JSON object to stdout; progress goes to stderr. Run from the reposito
 
     .venv/bin/python bench/train.py [--n 600] [--size 64] [--epochs 3] [--backbone lcnet_035] [--s3]
 
-One run builds a real dataset (N generated photos of 4 groups x 3 species -> `validate` + `build_dataset`
+One run builds a real dataset (N generated photos of 4 groups x 3 species -> the data side's steps,
 into an in-memory lake) and measures, on the flat task (every species) of its train split:
   ours     `train_classifier` from `load_split` arrays (and from a `ShardStream`, 0 and 1 loader workers);
            only the training part of each epoch counts (`history[i]["train_step_seconds"]`, no validation)
@@ -42,21 +42,20 @@ from typing import Any
 import numpy as np
 import timm
 import torch
-from earthsnap_assets.ml.dataset_build import build_dataset
-from earthsnap_assets.ml.manifest import RawObject
-from earthsnap_assets.ml.validation import validate
 from torch import nn
 
+from earthsnap_assets.lake.changes import append_batch, route
+from earthsnap_assets.lake.events import RawEvent
+from earthsnap_assets.lake.pipeline import DataConfig, prepare_dataset
 from earthsnap_assets.lake.splits import SplitConfig
 from earthsnap_assets.lake.storage import Blobs, MemoryBlobs
 from earthsnap_assets.lake.taxonomy import Taxonomy
-from earthsnap_assets.ml.data import DatasetIndex, LabeledArrays, ShardStream, load_index, load_split
+from earthsnap_assets.ml.data import DatasetIndex, LabeledArrays, ShardStream, load_split
 from earthsnap_assets.ml.device import to_device_batch
-from earthsnap_assets.ml.preprocessing import PreprocessConfig
 from earthsnap_assets.ml.quality import QualityRules
 from earthsnap_assets.ml.train import TrainConfig, _epoch_batches, epoch_seed, steps_per_epoch, train_classifier
 from earthsnap_assets.ml.transforms import augment_batch, to_model_input
-from earthsnap_assets.pipeline.tasks import label_task
+from earthsnap_assets.pipeline.tasks import index_of, label_task
 
 PREFIX = "images/"
 RAW_BUCKET = "bench-raw"
@@ -114,62 +113,45 @@ def generate(n: int, photo_size: tuple[int, int], seed: int, workers: int) -> tu
 
 @dataclass(frozen=True)
 class Lake:
-    """Where a dataset is built and read back: a `Blobs` plus how to upload and list raw photos."""
+    """Where a dataset is built and read back: a store, its buckets, and how raw photos arrive."""
 
     blobs: Blobs
     raw_bucket: str
     lake_bucket: str
-    upload: Callable[[dict[str, bytes]], None]
-    list_objects: Callable[[], list[RawObject]]
+
+    def upload(self, files: dict[str, bytes], taxonomy: Taxonomy) -> None:
+        """Write photos and deliver their events to the change logs, as the change sensor does."""
+        for key, data in files.items():
+            self.blobs.write(self.raw_bucket, key, data)
+        now = time.time_ns()
+        events = [
+            RawEvent(k, "put", hashlib.md5(d, usedforsecurity=False).hexdigest(), len(d), now + i, "bench")
+            for i, (k, d) in enumerate(files.items())
+        ]
+        for group, routed in route(events, taxonomy.species_to_group).by_group.items():
+            append_batch(self.blobs, self.lake_bucket, group, routed)
 
 
 def memory_lake() -> Lake:
-    blobs = MemoryBlobs()
-    listed: dict[str, RawObject] = {}
-
-    def upload(files: dict[str, bytes]) -> None:
-        for key, data in files.items():
-            blobs.write(RAW_BUCKET, key, data)
-            listed[key] = RawObject(key, hashlib.md5(data, usedforsecurity=False).hexdigest(), len(data))
-
-    return Lake(blobs, RAW_BUCKET, LAKE_BUCKET, upload, lambda: [listed[k] for k in sorted(listed)])
+    return Lake(MemoryBlobs(), RAW_BUCKET, LAKE_BUCKET)
 
 
 def build(
     lake: Lake, files: dict[str, bytes], taxonomy: Taxonomy, size: int, workers: int
 ) -> tuple[DatasetIndex, dict]:
-    """Upload, `validate` (QA + manifest) and `build_dataset` (preprocess, split, shard); the index read back."""
-    lake.upload(files)
+    """Upload and run the data side's steps; the parent's sample (every group, every species) read back."""
+    lake.upload(files, taxonomy)
     start = time.perf_counter()
-    checked = validate(
-        lake.blobs,
-        lake.list_objects(),
-        taxonomy,
-        QualityRules(),
-        raw_bucket=lake.raw_bucket,
-        lake_bucket=lake.lake_bucket,
-        prefix=PREFIX,
-        workers=workers,
-    )
-    validated = time.perf_counter()
-    dataset = build_dataset(
-        lake.blobs,
-        checked.manifest,
-        raw_bucket=lake.raw_bucket,
-        lake_bucket=lake.lake_bucket,
-        preprocess=PreprocessConfig(image_size=size),
-        splits=SplitConfig(),
-        workers=workers,
-    )
+    config = DataConfig(QualityRules(), SplitConfig(), size, workers=workers)
+    prepared = prepare_dataset(lake.blobs, lake.raw_bucket, lake.lake_bucket, taxonomy, config)
     built = time.perf_counter()
-    index = load_index(lake.blobs, lake.lake_bucket, dataset.prefix)
+    index = index_of(lake.blobs, prepared.sample_ref)
     stats = {
-        "validate_s": round(validated - start, 3),
-        "build_s": round(built - validated, 3),
-        "accepted": len(checked.manifest.accepted),
-        "rejected": len(checked.manifest.rejected),
-        "shards": len(index.raw["shards"]),
-        "dataset_version": dataset.dataset_version,
+        "prepare_s": round(built - start, 3),
+        "accepted": prepared.version.totals["accepted"],
+        "rejected": prepared.version.totals["rejected"],
+        "shards": len({e["shard"] for e in index.entries("train")}),
+        "dataset_version": prepared.version.dataset_version,
         "split_counts": {s: len(index.entries(s)) for s in ("train", "val", "test")},
     }
     return index, stats
@@ -304,9 +286,7 @@ def s3_bench(files: dict[str, bytes], taxonomy: Taxonomy, args: argparse.Namespa
     for bucket in (raw, lake_bucket):
         client.create_bucket(Bucket=bucket)
     try:
-        lake = Lake(
-            store, raw, lake_bucket, lambda f: store.upload_many(raw, f), lambda: store.list_objects(raw, PREFIX)
-        )
+        lake = Lake(store, raw, lake_bucket)
         index, stats = build(lake, files, taxonomy, args.size, args.workers)
         task = label_task(index, "flat")
         start = time.perf_counter()
@@ -363,7 +343,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backbone", default="lcnet_035", help="timm architecture (default lcnet_035)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--photo-size", default="320x240", help="WxH of the generated JPEGs (default 320x240)")
-    parser.add_argument("--workers", type=int, default=2, help="processes of validate/build_dataset (default 2)")
+    parser.add_argument("--workers", type=int, default=2, help="decoding threads of intake (default 2)")
     parser.add_argument(
         "--stream-workers", default="0,1", help="ShardStream DataLoader workers to try, comma-separated; '' skips"
     )
@@ -402,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     files, taxonomy = generate(args.n, args.photo_size, args.seed, max(1, min(os.cpu_count() or 1, 4)))
     generate_s = time.perf_counter() - start
-    log(f"  {generate_s:.1f} s; validate + build_dataset at {args.size} px into MemoryBlobs")
+    log(f"  {generate_s:.1f} s; the data side's steps at {args.size} px into MemoryBlobs")
     lake = memory_lake()
     index, dataset = build(lake, files, taxonomy, args.size, args.workers)
     task = label_task(index, "flat")
