@@ -449,41 +449,91 @@ def _split_counts(checked: dict) -> dict[str, dict[str, Counter]]:
     return counts
 
 
+# New rows held at once by one commit: bounds memory when a whole dataset arrives at once (a first build,
+# new rules); the rest follows in further commits of the same run.
+MAX_ROWS_PER_COMMIT = 200_000
+
+
 def check_groups(
     blobs: VersionedBlobs,
     bucket: str,
     groups: list[str],
     config: ChecksConfig,
     clock: Callable[[], int] = time.time_ns,
+    max_rows: int = MAX_ROWS_PER_COMMIT,
 ) -> ChecksResult:
-    """Bring the content table up to date with the object tables of `groups`; one conditional commit."""
+    """Bring the content table up to date with the object tables of `groups`, in commits of at most
+    `max_rows` new rows (each one conditional write, retried if another run committed first)."""
+    started = time.perf_counter()
+    results: list[ChecksResult] = []
+    pending: list[str] | None = sorted(groups)
+    while pending is not None:
+        batch = pending
+        result, rest = with_retries(lambda batch=batch: _check(blobs, bucket, batch, config, max_rows))
+        results.append(result)
+        pending = rest or None
+    return _merged(results, time.perf_counter() - started)
 
-    def attempt() -> ChecksResult:
-        return _check(blobs, bucket, groups, config)
 
-    return with_retries(attempt)
+def _merged(results: list[ChecksResult], seconds: float) -> ChecksResult:
+    groups: dict[str, int] = {}
+    deltas: dict[str, str] = {}
+    for r in results:
+        for group, rows in r.groups.items():
+            groups[group] = groups.get(group, 0) + rows
+        deltas |= r.deltas
+    return ChecksResult(
+        groups=groups,
+        new_rows=sum(r.new_rows for r in results),
+        buckets_read=sum(r.buckets_read for r in results),
+        buckets_written=sum(r.buckets_written for r in results),
+        probed=sum(r.probed for r in results),
+        compared_with=max((r.compared_with for r in results), default=0),
+        reset=any(r.reset for r in results),
+        seconds=seconds,
+        deltas=deltas,
+    )
 
 
-def _check(blobs: VersionedBlobs, bucket: str, groups: list[str], config: ChecksConfig) -> ChecksResult:
+def _load_changes(
+    blobs: VersionedBlobs, bucket: str, groups: list[str], checked: dict, max_rows: int
+) -> tuple[list[_GroupChange], list[str]]:
+    """Changes of the first groups up to `max_rows` new rows (at least one group); the groups left over."""
+    changes, rows = [], 0
+    for index, group in enumerate(groups):
+        if changes and rows >= max_rows:
+            return changes, groups[index:]
+        state = checked.get(group, {})
+        change = _group_change(blobs, bucket, group, state, bool(state.get("reset")))
+        if change is not None:
+            changes.append(change)
+            rows += len(change.rows)
+    return changes, []
+
+
+def _check(
+    blobs: VersionedBlobs, bucket: str, groups: list[str], config: ChecksConfig, max_rows: int
+) -> tuple[ChecksResult, list[str]]:
     started = time.perf_counter()
     head = load_head(blobs, bucket, paths.CONTENT_HEAD)
     reset = head.exists and head.get("config") != config.fingerprint()
     files = {} if reset else head.get("files", {})
     checked = dict(head.get("groups", {}))
     if reset:  # other rules: every group is checked again from its whole table (delta numbers go on)
-        checked = {g: {"seq": v.get("seq", 0)} for g, v in checked.items()}
+        checked = {g: {"seq": v.get("seq", 0), "reset": True} for g, v in checked.items()}
+        groups = sorted(set(groups) | set(checked))
     buckets = config.buckets if reset or not head.exists else int(head.get("buckets", config.buckets))
     table = ContentTable(blobs, bucket, files, buckets)
-    if reset:
-        groups = sorted(set(groups) | set(checked))
-    changes = [c for g in sorted(groups) if (c := _group_change(blobs, bucket, g, checked.get(g, {}), reset))]
+    changes, rest = _load_changes(blobs, bucket, sorted(groups), checked, max_rows)
     if not changes:
-        return ChecksResult({}, 0, 0, 0, 0, 0, reset, time.perf_counter() - started)
+        if reset:  # nothing left to read, but the new rules and the reset marks must be committed
+            commit_head(blobs, bucket, head, {**_head_value(config, buckets, table, checked)})
+        return ChecksResult({}, 0, 0, 0, 0, 0, reset, time.perf_counter() - started), rest
 
     removed: set[tuple[str, str, str]] = set()
     added: list[dict] = []
     for change in changes:
-        if change.full:  # keys the content table knows that are gone now
+        if change.full and not checked.get(change.group, {}).get("reset"):  # entries the table has that are gone
             for key, sha in _known_keys(table, change.group).items():
                 if key not in change.rows:
                     removed.add((change.group, key, sha))
@@ -529,14 +579,9 @@ def _check(blobs: VersionedBlobs, bucket: str, groups: list[str], config: Checks
     for group, per_species in counts.items():
         if group in checked:
             checked[group]["splits"] = {s: {k: v for k, v in c.items() if v} for s, c in sorted(per_species.items())}
-    value = {
-        "config": config.fingerprint(),
-        "buckets": buckets,
-        "files": dict(sorted(table.files.items())),
-        "groups": dict(sorted(checked.items())),
-    }
+    value = _head_value(config, buckets, table, checked)
     commit_head(blobs, bucket, head, value)
-    return ChecksResult(
+    result = ChecksResult(
         groups=written,
         new_rows=sum(len(c.rows) for c in changes),
         buckets_read=table.reads,
@@ -547,6 +592,16 @@ def _check(blobs: VersionedBlobs, bucket: str, groups: list[str], config: Checks
         seconds=time.perf_counter() - started,
         deltas=deltas,
     )
+    return result, rest
+
+
+def _head_value(config: ChecksConfig, buckets: int, table: ContentTable, checked: dict) -> dict:
+    return {
+        "config": config.fingerprint(),
+        "buckets": buckets,
+        "files": dict(sorted(table.files.items())),
+        "groups": dict(sorted(checked.items())),
+    }
 
 
 def _next_seq(checked: dict, group: str) -> int:
