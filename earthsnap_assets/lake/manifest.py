@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from earthsnap_assets.hashing import fingerprint
 from earthsnap_assets.lake import paths
@@ -69,53 +69,77 @@ class ManifestResult:
     seconds: float = 0.0
 
 
-def apply_deltas(rows: dict[str, dict], deltas: list[pa.Table]) -> tuple[dict[str, dict], int, int]:
-    """The group's rows after the checks' deltas, in order: (rows, rows changed, rows removed)."""
-    rows, changed, removed = dict(rows), 0, 0
+def _keys(table: pa.Table) -> pa.Array:
+    return table["key"].combine_chunks() if table.num_rows else pa.array([], pa.string())
+
+
+def apply_deltas(previous: pa.Table, deltas: list[pa.Table]) -> tuple[pa.Table, int, int]:
+    """The group's rows after the checks' deltas, in order: (rows, rows changed, rows removed).
+
+    Columnar: the unchanged rows of the group never leave Arrow; only rows whose verdict another group's
+    upload moved (`update`, a handful) go through Python.
+    """
+    table, changed, removed = previous.cast(SEGMENT_SCHEMA), 0, 0
     for delta in deltas:
-        for row in delta.to_pylist():
-            change = row.pop("change")
-            if change == RESET:
-                rows = {}
-            elif change == REMOVE:
-                removed += rows.pop(row["key"], None) is not None
-            elif change == UPSERT:
-                rows[row["key"]] = row
-                changed += 1
-            elif change == UPDATE and row["key"] in rows:
-                rows[row["key"]] |= {f: row[f] for f in VERDICT_FIELDS}
-                changed += 1
-    return rows, changed, removed
+        change = delta["change"]
+        if delta.num_rows and change[0].as_py() == RESET:
+            table = SEGMENT_SCHEMA.empty_table()
+        upserts = delta.filter(pc.equal(change, UPSERT)).drop_columns(["change"]).cast(SEGMENT_SCHEMA)
+        gone = delta.filter(pc.equal(change, REMOVE))["key"]
+        removed += pc.sum(pc.is_in(_keys(table), gone)).as_py() or 0
+        replaced = pa.concat_arrays([_keys(upserts), gone.combine_chunks()])
+        table = pa.concat_tables([table.filter(pc.invert(pc.is_in(_keys(table), replaced))), upserts])
+        updates = {r["key"]: r for r in delta.filter(pc.equal(change, UPDATE)).to_pylist()}
+        if updates:
+            hit = pc.is_in(_keys(table), pa.array(sorted(updates), pa.string()))
+            moved = [r | {f: updates[r["key"]][f] for f in VERDICT_FIELDS} for r in table.filter(hit).to_pylist()]
+            table = pa.concat_tables([table.filter(pc.invert(hit)), pa.Table.from_pylist(moved, schema=SEGMENT_SCHEMA)])
+            changed += len(moved)
+        changed += upserts.num_rows
+    return table.take(pc.sort_indices(table, [("key", "ascending")])), changed, removed
 
 
-def group_version(group: str, species: list[str], rows: dict[str, dict], config_fingerprint: str) -> str:
-    accepted = sorted((k, r["sha256"], r["species"], r["split"]) for k, r in rows.items() if r["verdict"] == ACCEPTED)
-    return "gv-" + fingerprint({"group": group, "species": species, "config": config_fingerprint, "rows": accepted})
+def _accepted(table: pa.Table) -> pa.Table:
+    return table.filter(pc.equal(table["verdict"], ACCEPTED))
+
+
+def group_version(group: str, species: list[str], table: pa.Table, config_fingerprint: str) -> str:
+    """Content hash of the accepted rows (key, sha256, species, split), the rules and the group's species."""
+    accepted = _accepted(table).select(["key", "sha256", "species", "split"])
+    accepted = accepted.take(pc.sort_indices(accepted, [("key", "ascending")]))
+    rows = [list(r.values()) for r in accepted.to_pylist()]
+    return "gv-" + fingerprint({"group": group, "species": species, "config": config_fingerprint, "rows": rows})
+
+
+def _counts(column: pa.ChunkedArray) -> dict:
+    return {c["values"]: c["counts"] for c in pc.value_counts(column).to_pylist()} if len(column) else {}
 
 
 def report(group: str, species: list[str], table: pa.Table, rules: QualityRules) -> dict:
     """Counts a person reviews before trusting a group version (from the stored columns, no pairwise work)."""
-    rows = table.to_pylist()
-    accepted = [r for r in rows if r["verdict"] == ACCEPTED]
-    rejected = [r for r in rows if r["verdict"] == REJECTED]
-    per_species = Counter(r["species"] for r in accepted)
-    cluster_sizes = Counter(r["cluster"] for r in accepted)
-    cross = [
-        [r["key"], r["near_duplicate_of"]]
-        for r in accepted
-        if r["near_duplicate_of"] and r["near_duplicate_species"] != r["species"]
-    ]
-    splits: dict[str, Counter] = {s: Counter() for s in SPLITS}
-    for r in accepted:
-        splits[r["split"]][r["species"]] += 1
-    total = len(rows)
+    accepted = _accepted(table)
+    rejected = table.filter(pc.equal(table["verdict"], REJECTED))
+    per_species = _counts(accepted["species"])
+    cluster_sizes = _counts(accepted["cluster"])
+    across = accepted.filter(
+        pc.and_(
+            pc.is_valid(accepted["near_duplicate_of"]),
+            pc.not_equal(accepted["near_duplicate_species"], accepted["species"]),
+        )
+    )
+    cross = [[r["key"], r["near_duplicate_of"]] for r in across.select(["key", "near_duplicate_of"]).to_pylist()]
+    splits: dict[str, dict[str, int]] = {s: {} for s in SPLITS}
+    if accepted.num_rows:
+        for row in accepted.group_by(["split", "species"]).aggregate([("key", "count")]).to_pylist():
+            splits[row["split"]][row["species"]] = row["key_count"]
+    total = table.num_rows
     return {
         "group": group,
         "objects": total,
-        "accepted": len(accepted),
-        "rejected": len(rejected),
-        "rejection_rate": round(len(rejected) / total, 6) if total else 0.0,
-        "rejected_by_reason": dict(sorted(Counter(r["reason"] for r in rejected).items())),
+        "accepted": accepted.num_rows,
+        "rejected": rejected.num_rows,
+        "rejection_rate": round(rejected.num_rows / total, 6) if total else 0.0,
+        "rejected_by_reason": dict(sorted(_counts(rejected["reason"]).items())),
         "images_per_species": {s: per_species.get(s, 0) for s in species},
         "species_below_minimum": sorted(s for s in species if per_species.get(s, 0) < rules.min_images_per_species),
         "near_duplicate_clusters": sum(1 for n in cluster_sizes.values() if n > 1),
@@ -123,8 +147,8 @@ def report(group: str, species: list[str], table: pa.Table, rules: QualityRules)
         "near_duplicates_across_species": cross[:50],
         "near_duplicates_across_species_count": len(cross),
         "splits": {s: dict(sorted(c.items())) for s, c in splits.items()},
-        "formats": dict(sorted(Counter(r["format"] for r in accepted).items())),
-        "accepted_bytes": sum(r["size"] or 0 for r in accepted),
+        "formats": dict(sorted(_counts(accepted["format"]).items())),
+        "accepted_bytes": pc.sum(accepted["size"]).as_py() or 0,
     }
 
 
@@ -149,13 +173,10 @@ def validate_group(
     if checked_here:
         check_groups(blobs, lake_bucket, [group], config.checks(), clock)
     head = load_head(blobs, lake_bucket, paths.manifest_head(group))
-    previous = {}
-    if head.exists:
-        previous = {r["key"]: r for r in read_table(blobs, lake_bucket, head.value["segment"]).to_pylist()}
+    previous = read_table(blobs, lake_bucket, head.value["segment"]) if head.exists else SEGMENT_SCHEMA.empty_table()
     keys = committed_deltas(blobs, lake_bucket, group, head.get("delta"))
-    rows, changed, removed = apply_deltas(previous, [read_table(blobs, lake_bucket, k) for k in keys])
-    table = pa.Table.from_pylist([rows[k] for k in sorted(rows)], schema=SEGMENT_SCHEMA)
-    version = group_version(group, sorted(species), rows, config.fingerprint())
+    table, changed, removed = apply_deltas(previous, [read_table(blobs, lake_bucket, k) for k in keys])
+    version = group_version(group, sorted(species), table, config.fingerprint())
     summary = report(group, sorted(species), table, config.rules)
     # Named by content: rejected rows change the segment but not the group version (they are not data).
     segment = put_content_addressed(

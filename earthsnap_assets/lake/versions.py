@@ -11,12 +11,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-import pyarrow.compute as pc
-
 from earthsnap_assets.hashing import fingerprint
 from earthsnap_assets.lake import paths
 from earthsnap_assets.lake.heads import load_head
-from earthsnap_assets.lake.manifest import ACCEPTED, ManifestConfig, group_version
+from earthsnap_assets.lake.manifest import ManifestConfig, group_version
 from earthsnap_assets.lake.storage import VersionedBlobs, json_bytes, read_json
 from earthsnap_assets.lake.tables import read_table
 from earthsnap_assets.lake.taxonomy import Taxonomy
@@ -100,8 +98,7 @@ def verify_version(blobs: VersionedBlobs, bucket: str, dataset_version: str, con
     problems = []
     for group, entry in body["groups"].items():
         segment = read_table(blobs, bucket, entry["segment"])
-        rows = {r["key"]: r for r in segment.filter(pc.equal(segment["verdict"], ACCEPTED)).to_pylist()}
-        recomputed = group_version(group, taxonomy.species_in(group), rows, config.fingerprint())
+        recomputed = group_version(group, taxonomy.species_in(group), segment, config.fingerprint())
         if recomputed != entry["group_version"]:
             problems.append(f"{group}: segment gives {recomputed}, manifest says {entry['group_version']}")
     groups = {g: v["group_version"] for g, v in body["groups"].items()}
