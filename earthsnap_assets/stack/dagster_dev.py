@@ -68,7 +68,8 @@ def prepare_home(settings: Settings) -> Path:
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The EARTHSNAP_* variables that rebuild `settings` in a child process."""
-    return {
+    cadence = {"EARTHSNAP_SENSOR_INTERVAL_S": str(settings.sensor_interval_s)} if settings.sensor_interval_s else {}
+    return cadence | {
         "EARTHSNAP_HOME": str(settings.home),
         "EARTHSNAP_S3_PORT": str(settings.s3_port),
         "EARTHSNAP_S3_ENDPOINT": settings.s3_endpoint or "aws",
