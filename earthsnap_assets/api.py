@@ -54,6 +54,15 @@ def wait(url: str, run_id: str, timeout: float = 900.0, poll: float = 2.0) -> st
     raise TimeoutError(f"run {run_id} did not finish in {timeout:.0f} s (last status {state})")
 
 
+REPOSITORIES = """
+query Repositories {
+  repositoriesOrError {
+    __typename
+    ... on RepositoryConnection { nodes { name location { name } sensors { name } } }
+    ... on PythonError { message }
+  }
+}
+"""
 SENSOR_QUERY = """
 query Sensor($selector: SensorSelector!) {
   sensorOrError(sensorSelector: $selector) {
@@ -83,10 +92,20 @@ mutation Stop($id: String!) {
 """
 
 
-def set_sensor(url: str, name: str, running: bool, location: str = "earthsnap") -> str:
+def _sensor_selector(client, name: str) -> dict:
+    """Where a sensor lives: code location and repository names differ between workspaces (laptop, cluster)."""
+    found = client._execute(REPOSITORIES)["repositoriesOrError"]
+    for repository in found.get("nodes", []):
+        if name in {s["name"] for s in repository["sensors"]}:
+            location, repo = repository["location"]["name"], repository["name"]
+            return {"repositoryLocationName": location, "repositoryName": repo, "sensorName": name}
+    raise RuntimeError(f"no code location has a sensor {name!r}: {found}")
+
+
+def set_sensor(url: str, name: str, running: bool) -> str:
     """Turn a sensor on or off, as its toggle in the UI does; returns its status afterwards."""
     client = _client(url)
-    selector = {"repositoryLocationName": location, "repositoryName": "__repository__", "sensorName": name}
+    selector = _sensor_selector(client, name)
     found = client._execute(SENSOR_QUERY, {"selector": selector})["sensorOrError"]
     if found["__typename"] != "Sensor":
         raise RuntimeError(f"sensor {name!r} not found at {url}: {found}")

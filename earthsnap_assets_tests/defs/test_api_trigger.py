@@ -77,3 +77,12 @@ def test_a_job_runs_when_triggered_over_graphql(dagster_url, stack):
 def test_an_unknown_job_is_a_clear_error(dagster_url):
     with pytest.raises(Exception, match="no_such_job"):
         trigger(dagster_url, "no_such_job")
+
+
+def test_sensors_can_be_paused_and_resumed_like_the_ui_toggle(dagster_url):
+    from earthsnap_assets.api import set_sensor
+
+    assert set_sensor(dagster_url, "earthsnap_automation", running=False) == "STOPPED"
+    assert set_sensor(dagster_url, "earthsnap_automation", running=True) == "RUNNING"
+    with pytest.raises(RuntimeError, match="no_such_sensor"):
+        set_sensor(dagster_url, "no_such_sensor", running=True)
