@@ -88,10 +88,13 @@ def _dagster_home(settings: Settings) -> Path:
 
 def _execute(job: str, partition: str | None = None) -> bool:
     """Run a job in this process, recorded in the stack's Dagster instance (seen in the UI)."""
+    import warnings
+
     import dagster as dg
 
     from earthsnap_assets.definitions import defs
 
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)  # data versions on outputs: what we rely on
     started = time.monotonic()
     with dg.DagsterInstance.get() as instance:
         result = defs.resolve_job_def(job).execute_in_process(
@@ -328,6 +331,10 @@ def _automation_paused(settings: Settings) -> Iterator[None]:
             set_sensor(url, name, running=True)
 
 
+def _assets_of(run) -> list[str]:
+    return sorted(k.path[-1] for k in run.asset_selection or [])
+
+
 def _demo_loop(settings: Settings, species: str, photos: int = 12, timeout: float = 420.0) -> None:
     """New photos of one species arrive; change capture and automation rebuild that group alone."""
     import io
@@ -348,15 +355,15 @@ def _demo_loop(settings: Settings, species: str, photos: int = 12, timeout: floa
     with dg.DagsterInstance.get() as instance:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            runs = [r for r in instance.get_runs(limit=50) if r.create_timestamp >= started]
-            built = [r for r in runs if "dataset_splits" in {k.path[-1] for k in r.asset_selection or []}]
-            if built and all(r.status == dg.DagsterRunStatus.SUCCESS for r in built):
+            records = [r for r in instance.get_run_records(limit=50) if r.create_timestamp.timestamp() >= started]
+            built = [r for r in records if "dataset_splits" in _assets_of(r.dagster_run)]
+            if built and all(r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in built):
                 break
             time.sleep(5)
-        for run in sorted(runs, key=lambda r: r.create_timestamp):
-            assets = ", ".join(sorted(k.path[-1] for k in run.asset_selection or []))
+        for record in sorted(records, key=lambda r: r.create_timestamp):
+            run = record.dagster_run
             partition = run.tags.get("dagster/partition", "-")
-            click.echo(f"  run {run.run_id[:8]} [{partition}] {run.status.value:8s} {assets}")
+            click.echo(f"  run {run.run_id[:8]} [{partition}] {run.status.value:8s} {', '.join(_assets_of(run))}")
     if not built:
         click.echo(f"  (not done after {timeout:.0f} s: follow the runs in the Dagster UI)")
 
