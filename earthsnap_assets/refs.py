@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from earthsnap_assets.ml.hashing import fingerprint
 from earthsnap_assets.ml.manifest import RawObject
+from earthsnap_assets.registry import names
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class ModelRef:
 
     @property
     def registered_name(self) -> str:
-        return "earthsnap-parent" if self.task == "parent" else f"earthsnap-child-{self.group}"
+        return names.PARENT if self.task == "parent" else names.child_name(self.group or "")
 
 
 @dataclass(frozen=True)
