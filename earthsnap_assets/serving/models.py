@@ -61,6 +61,7 @@ class RoutingStats:
         photos = max(1, self.photos)
         return {
             "photos": self.photos,
+            "groups_expanded": self.groups_expanded,
             "mean_groups_expanded": round(self.groups_expanded / photos, 4),
             "mean_unexpanded_mass": round(self.unexpanded_mass_sum / photos, 6),
             "child_forward_passes": self.child_forward_passes,

@@ -24,13 +24,13 @@ from earthsnap_assets_tests.serving.helpers import (
     GREEN,
     GROUP_SPECIES,
     RED,
+    WITHOUT_DAGSTER,
     Recorder,
     TinyModels,
     expected_probabilities,
     free_port,
     noise_jpeg,
     photo,
-    WITHOUT_DAGSTER,
     png_header,
     serving,
     wait_ready,
@@ -258,7 +258,17 @@ def test_alias_move_under_traffic_never_mixes_versions(stack: Any) -> None:
 def test_cli_serves_an_environment_without_dagster(deployed: Deployed, tmp_path: Any) -> None:
     assert CliRunner().invoke(serve, ["--env", "dev"]).exit_code == 2
     port = free_port()
-    args = ["serve", "--env", "staging", "--port", str(port), "--model-prefix", deployed.models.prefix, "--poll-interval", "1"]
+    args = [
+        "serve",
+        "--env",
+        "staging",
+        "--port",
+        str(port),
+        "--model-prefix",
+        deployed.models.prefix,
+        "--poll-interval",
+        "1",
+    ]
     code = WITHOUT_DAGSTER + "from earthsnap_assets.cli import main; main()"  # as `earthsnap serve` runs it
     with (tmp_path / "serve.log").open("wb") as log:
         process = subprocess.Popen([sys.executable, "-c", code, *args], stdout=log, stderr=subprocess.STDOUT)

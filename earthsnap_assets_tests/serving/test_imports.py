@@ -28,5 +28,7 @@ def test_the_endpoint_builds_where_dagster_cannot_be_imported() -> None:
     blocked = WITHOUT_DAGSTER + "import dagster\n"
     refused = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, timeout=60)
     assert refused.returncode != 0 and "must not import Dagster" in refused.stderr  # the blocker works
-    result = subprocess.run([sys.executable, "-c", WITHOUT_DAGSTER + CHECK], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_DAGSTER + CHECK], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
