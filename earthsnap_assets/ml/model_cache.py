@@ -114,14 +114,20 @@ class ModelCache(Generic[K]):
         return model
 
     def preload(self, keys: Iterable[K]) -> None:
-        """Load `keys` (most important first) while they fit; a failure is logged, not raised."""
+        """Load `keys`, most important first, evicting what is least recently used (a previous deployment's
+        children, typically) but never one of these keys for a later one: it stops at the bounds."""
+        loaded: list[K] = []
         for key in keys:
-            if self.max_models is not None and len(self.keys()) >= self.max_models and key not in self:
+            if self.max_models is not None and len(loaded) >= self.max_models:
                 return
             try:
                 self.get(key)
             except Exception:
                 log.warning("preloading %s failed", key, exc_info=True)
+                continue
+            loaded.append(key)
+            if any(k not in self for k in loaded):  # the byte bound pushed out an earlier, more important key
+                return
 
     def _evict(self) -> None:
         """Drop least recently used entries until both bounds hold; the newest entry always stays."""

@@ -4,7 +4,8 @@ A forward pass of 16 small images costs little more than one of a single image, 
 batcher trades at most `max_wait_s` of latency for throughput. It waits only while other requests are
 announced (decoding their upload, see `expecting`): a lone request runs at once and pays no wait.
 Items are grouped by the model they were submitted with, so during a deployment swap a request still
-runs on the bundle it started with.
+runs on the bundle it started with. Inside one forward pass, the bundle splits the batch by route: the
+parent runs on every item, each routed child once on the items routed to it (`ml/routed.py`).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ version did not move stays loaded across an alias move of another model.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,9 +43,14 @@ class RoutingStats:
     child_items: int = 0
     unexpanded_mass_sum: float = 0.0
     requests_by_group: Counter = field(default_factory=Counter)  # group -> photos that expanded it
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def record(self, batch: RoutedBatch, groups: list[str]) -> None:
-        """Count one routed batch (called from the batcher's single worker thread)."""
+        """Count one routed batch (the batcher's worker thread; the deployment thread reads the counter)."""
+        with self.lock:
+            self._record(batch, groups)
+
+    def _record(self, batch: RoutedBatch, groups: list[str]) -> None:
         routes = batch.routes
         self.photos += len(batch)
         self.groups_expanded += int(routes.counts.sum())
@@ -55,9 +61,14 @@ class RoutingStats:
             self.requests_by_group[groups[group]] += len(rows)
 
     def most_requested(self, n: int) -> list[str]:
-        return [group for group, _ in self.requests_by_group.most_common(n)]
+        with self.lock:
+            return [group for group, _ in self.requests_by_group.most_common(n)]
 
     def as_dict(self) -> dict[str, Any]:
+        with self.lock:
+            return self._as_dict()
+
+    def _as_dict(self) -> dict[str, Any]:
         photos = max(1, self.photos)
         return {
             "photos": self.photos,

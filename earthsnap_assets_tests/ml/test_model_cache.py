@@ -78,8 +78,9 @@ def test_a_failed_load_is_not_cached_and_waiters_see_the_error():
     assert isinstance(cache.get("broken"), torch.nn.Linear) and loader.calls == ["broken", "broken"]
 
 
-def test_preload_stops_at_the_bound():
+def test_preload_replaces_old_entries_but_stops_at_the_bound():
     loader = Loader()
     cache = ModelCache(loader, max_models=2)
+    cache.get("old-1"), cache.get("old-2")  # a full cache, as after a while of traffic
     cache.preload(["a", "b", "c"])
-    assert loader.calls == ["a", "b"] and cache.stats.evictions == 0
+    assert loader.calls == ["old-1", "old-2", "a", "b"] and cache.keys() == ["a", "b"]
