@@ -24,6 +24,7 @@ import torch
 
 from earthsnap_assets.ml.evaluate import StreamingClassification, confusion_matrix_png, top_confusions_png, top_of
 from earthsnap_assets.ml.hierarchy import Hierarchy
+from earthsnap_assets.ml.memory import release_freed_memory
 from earthsnap_assets.ml.routed import RoutedBatch, RoutedClassifier, softmax_probs
 from earthsnap_assets.ml.routing import RoutingConfig, route
 from earthsnap_assets.ml.transforms import to_model_input
@@ -123,6 +124,7 @@ def routing_cost(
         conditional = np.concatenate([classifier.conditional(group, to_model_input(pixels[c])) for c in chunks])
         best_species[:, group] = hierarchy.offsets[group] + conditional.argmax(axis=1)
         best_conditional[:, group] = conditional.max(axis=1)
+        release_freed_memory()
     best_joint = parent * best_conditional
 
     def top1(config: RoutingConfig) -> tuple[float, float]:
@@ -199,6 +201,7 @@ def evaluate_streamed(
             top_labels, top_probs = top_of(probs, 5)
             flat_report.update(np.asarray([flat_index[s] for s in true_species]), top_labels, top_probs)
         reservoir.offer(pixels, labels)
+        release_freed_memory()
     started = time.perf_counter()
     cost = routing_cost(classifier, *reservoir.sample(), sweep_for(classifier.routing, len(hierarchy.groups)))
     seconds["routing_cost"] = time.perf_counter() - started

@@ -22,6 +22,8 @@ from typing import Any, Protocol
 
 import torch
 
+from earthsnap_assets.ml.memory import release_freed_memory
+
 log = logging.getLogger(__name__)
 
 
@@ -138,6 +140,8 @@ class MicroBatcher:
                 by_model.setdefault(id(entry[0]), []).append(entry)
             for entries in by_model.values():
                 self._forward(entries)
+            if not self._queue:  # idle: give the batch's freed memory back to the OS (ml/memory.py)
+                release_freed_memory()
 
     def _forward(self, entries: list[tuple[BatchModel, torch.Tensor, Future]]) -> None:
         """One forward pass for items of one model; a failure fails those futures, never the worker."""
