@@ -32,7 +32,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -295,13 +295,14 @@ def in_process_bundle(registry: RegistryVerbs, config: ServeConfig, versions: di
     resolved = reader.resolve(found)
     size = int(resolved.tags[resolved.parent_name]["image_size"])
     cache: ModelCache = ModelCache(lambda key: load_network(registry, *key, size), max_models=config.cache_max_children)
-    return load(registry, resolved, ENV, ALIAS, cache, config, RoutingStats())
+    return load(registry, resolved, ENV, ALIAS, cache, config, RoutingStats(), ThreadPoolExecutor(2))
 
 
 def in_process_worker(bundle: LoadedModels, datas: Sequence[bytes]) -> Callable[[], Callable[[int], Any]]:
     def make() -> Callable[[int], Any]:
         def handle(index: int) -> Any:
-            return bundle.predict(preprocess_bytes(datas[index], bundle.image_size))[0]
+            answer = bundle.predict(preprocess_bytes(datas[index], bundle.image_size))[0]
+            return answer.result() if isinstance(answer, Future) else answer  # a Future while a child loads
 
         return handle
 
@@ -505,8 +506,20 @@ def scale_run(url: str, pid: int, datas: Sequence[bytes], concurrencies: Sequenc
     return result | memory_mb(pid)
 
 
+def workload(datas: Sequence[bytes], count: int, zipf: float, seed: int) -> list[bytes]:
+    """`count` requests drawn from the photos with Zipf popularity (photo of rank r: P ~ 1 / r^zipf, ranks seeded):
+    traffic concentrates on common species. zipf = 0: every photo once, in a random order (no repeats)."""
+    rng = np.random.default_rng(seed)
+    if zipf == 0:
+        return [datas[i] for i in rng.permutation(len(datas))[:count]]
+    weights = 1.0 / np.arange(1, len(datas) + 1) ** zipf
+    ranked = rng.permutation(len(datas))
+    return [datas[ranked[i]] for i in rng.choice(len(datas), size=count, p=weights / weights.sum())]
+
+
 def run_scale(args: argparse.Namespace, datas: Sequence[bytes], log_path: Path) -> dict:
-    """Endpoints over G groups (one process each), the same photos at concurrency 1 and C; cache at its setting."""
+    """Endpoints over G groups (one process each), the same requests at concurrency 1 and C; cache at its setting."""
+    requests_ = workload(datas, args.n, args.zipf, args.seed)
     registry = RegistryClient(experiment=f"bench-serve-scale-{uuid.uuid4().hex[:8]}")
     inputs = torch.cat([preprocess_bytes(d, args.image_size) for d in datas[:64]])
     concurrencies = (1, args.concurrency)
@@ -518,12 +531,12 @@ def run_scale(args: argparse.Namespace, datas: Sequence[bytes], log_path: Path) 
         register_wide(registry, prefix, wide_species(groups, args.species_per_group), args, inputs)
         register_s = round(time.perf_counter() - clock, 1)
         with endpoint_process(prefix, args.cache, log_path) as (url, pid):
-            per_g[str(groups)] = scale_run(url, pid, datas, concurrencies, args.warmup) | {"register_s": register_s}
+            per_g[str(groups)] = scale_run(url, pid, requests_, concurrencies, args.warmup) | {"register_s": register_s}
         if groups == max(args.groups):
             for cache in args.cache_sweep:
                 log(f"scale: G = {groups}, cache {cache}")
                 with endpoint_process(prefix, cache, log_path) as (url, pid):
-                    per_g[f"{groups}_cache{cache}"] = scale_run(url, pid, datas, (1,), args.warmup)
+                    per_g[f"{groups}_cache{cache}"] = scale_run(url, pid, requests_, (1,), args.warmup)
     small, large = str(min(args.groups)), str(max(args.groups))
     ratios = {
         f"c{c}": round(per_g[large][f"c{c}"]["p50_ms"] / per_g[small][f"c{c}"]["p50_ms"], 3) for c in concurrencies
@@ -541,6 +554,8 @@ def run_scale(args: argparse.Namespace, datas: Sequence[bytes], log_path: Path) 
             "species_per_group": args.species_per_group,
             "distinct_children": args.distinct_children,
             "parent_median_confidence": args.parent_confidence,
+            "zipf": args.zipf,
+            "distinct_photos_requested": len(set(requests_)),
             "server": "earthsnap serve in its own process (one replica), client threads in the benchmark's process",
         },
     }
@@ -581,6 +596,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--parent-confidence", type=float, default=0.9, help="scale: median top-1 P(group)")
     parser.add_argument("--cache", type=int, default=ServeConfig().cache_max_children, help="scale: children cached")
     parser.add_argument("--cache-sweep", default="8", help="scale: other cache sizes tried at the largest G")
+    parser.add_argument("--zipf", type=float, default=1.0, help="scale: popularity skew of the requests (0: none)")
     args = parser.parse_args(argv)
     args.sections = [x for x in args.sections.split(",") if x]
     args.groups = sorted(int(x) for x in args.groups.split(",") if x)

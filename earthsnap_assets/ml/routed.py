@@ -64,12 +64,20 @@ class RoutedClassifier:
 
     def predict(self, x: torch.Tensor) -> RoutedBatch:
         """N x 3 x S x S model inputs -> routed predictions; each needed child runs once on its photos."""
+        parent_probs, routes = self.route(x)
+        return self.finish(x, parent_probs, routes)
+
+    def route(self, x: torch.Tensor) -> tuple[np.ndarray, Routes]:
+        """The parent's pass and the groups each photo expands (the first half of `predict`)."""
         parent_probs = self.probabilities(self.parent, x)
         if parent_probs.shape[1] != len(self.hierarchy.groups):
             raise ValueError(
                 f"the parent outputs {parent_probs.shape[1]} groups, expected {len(self.hierarchy.groups)}"
             )
-        routes = route(parent_probs, self.routing)
+        return parent_probs, route(parent_probs, self.routing)
+
+    def finish(self, x: torch.Tensor, parent_probs: np.ndarray, routes: Routes) -> RoutedBatch:
+        """The routed children's passes and each photo's top species (the second half of `predict`)."""
         top = TopK.empty(len(x), self.keep)
         children_run: dict[str, int] = {}
         for group, rows in routes.rows_by_group().items():

@@ -59,6 +59,10 @@ class Routes:
     def groups_of(self, row: int) -> np.ndarray:
         return self.order[row, : self.counts[row]]
 
+    def take(self, rows: np.ndarray) -> Routes:
+        """The routes of some rows, in that order."""
+        return Routes(self.order[rows], self.counts[rows], self.unexpanded_mass[rows])
+
     def rows_by_group(self) -> dict[int, np.ndarray]:
         """group index -> the rows that expand it, so each child runs once per batch (batching by route)."""
         mask = np.arange(self.order.shape[1])[None, :] < self.counts[:, None]

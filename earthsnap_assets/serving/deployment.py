@@ -4,7 +4,8 @@ The swap is one reference assignment (atomic in Python): a request reads `curren
 bundle to the end, so requests in flight during a swap finish on the old bundle and none fail. A bundle
 that cannot be built leaves the old one serving; the same versions are retried after `retry_failed_s`.
 Children are held by one size-bounded cache for all bundles (keyed by name and version) and loaded when
-first routed to; before a swap, the most requested groups' children of the new bundle are loaded.
+first routed to, on a small loader pool, so a photo waiting for a cold child never holds up the others;
+before a swap, the most requested groups' children of the new bundle are loaded.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 from earthsnap_assets.ml.model_cache import ModelCache
 from earthsnap_assets.registry import names
@@ -37,6 +39,7 @@ class Deployment:
             self._load_child, max_models=config.cache_max_children, max_bytes=config.cache_max_bytes
         )
         self.routing = RoutingStats()
+        self.loader = ThreadPoolExecutor(2, thread_name_prefix=f"earthsnap-children-{env}")  # cold children
         self.problem: str | None = "models not loaded yet"
         self.reloads = 0
         self._current: LoadedModels | None = None
@@ -60,6 +63,7 @@ class Deployment:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        self.loader.shutdown(wait=False, cancel_futures=True)
 
     def refresh(self) -> bool:
         """One poll: build and swap in the alias's versions if they differ from the current ones."""
@@ -75,7 +79,15 @@ class Deployment:
         try:
             resolved = self.reader.resolve(versions)
             bundle = load(
-                self.registry, resolved, self.env, self.alias, self.children, self.config, self.routing, current
+                self.registry,
+                resolved,
+                self.env,
+                self.alias,
+                cache=self.children,
+                config=self.config,
+                stats=self.routing,
+                loader=self.loader,
+                previous=current,
             )
         except Exception:
             self._failed = (versions, time.monotonic())

@@ -13,16 +13,18 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Mapping
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import torch
 
 from earthsnap_assets.ml.hierarchy import Hierarchy
 from earthsnap_assets.ml.model_cache import ModelCache
 from earthsnap_assets.ml.routed import RoutedBatch, RoutedClassifier
-from earthsnap_assets.ml.routing import back_off
+from earthsnap_assets.ml.routing import Routes, back_off
 from earthsnap_assets.registry import names
 from earthsnap_assets.registry.client import RegistryVerbs
 from earthsnap_assets.serving.config import ServeConfig
@@ -151,6 +153,8 @@ class LoadedModels:
     children: Mapping[str, str]  # group -> registered child name, for groups whose child is at the alias
     undeployed: frozenset[str]  # multi-species groups without a child at this alias
     stats: RoutingStats
+    cache: ModelCache[ChildKey]
+    loader: Executor  # where photos that wait for a cold child are finished
 
     @property
     def parent_name(self) -> str:
@@ -160,11 +164,26 @@ class LoadedModels:
         name = self.children[group]
         return name, self.versions[name]
 
-    def predict(self, batch: torch.Tensor) -> list[Prediction]:
-        """N x 3 x S x S inputs -> N predictions: one parent pass, then one pass per routed child."""
-        routed = self.classifier.predict(batch)
-        self.stats.record(routed, self.hierarchy.groups)
-        return [Prediction(self, routed, i) for i in range(len(routed))]
+    def predict(self, batch: torch.Tensor) -> list[Prediction | Future]:
+        """N x 3 x S x S inputs -> N predictions: one parent pass, then one pass per routed child.
+
+        A photo routed to a child that is not loaded yet does not hold up the others: its answer is a
+        Future, finished on the loader pool once the child is loaded (once, however many photos wait for it).
+        """
+        parent_probs, routes = self.classifier.route(batch)
+        waiting = self._waiting(routes)
+        answers: list[Prediction | Future] = [None] * len(batch)  # type: ignore[list-item]
+        ready = np.flatnonzero(~waiting)
+        if len(ready):
+            for row, prediction in zip(ready, self._finish(batch, parent_probs, routes, ready), strict=True):
+                answers[row] = prediction
+        later = np.flatnonzero(waiting)
+        if len(later):  # on the loader pool: each cold child loads when its group's turn comes, once
+            futures = [Future() for _ in later]
+            self.loader.submit(self._finish_later, batch, parent_probs, routes, later, futures)
+            for row, future in zip(later, futures, strict=True):
+                answers[row] = future
+        return answers
 
     def describe(self) -> dict[str, Any]:
         """What `/models` shows."""
@@ -179,6 +198,33 @@ class LoadedModels:
             "groups_without_species_model": sorted(self.undeployed),
             "routing": self.classifier.routing.as_dict(),
         }
+
+    def _waiting(self, routes: Routes) -> np.ndarray:
+        """Which photos are routed to a child that is not in memory."""
+        groups = self.hierarchy.groups
+        deployed = [g for g in routes.rows_by_group() if groups[g] in self.children]
+        cold = [g for g in deployed if self.child_key(groups[g]) not in self.cache]
+        expanded = np.arange(routes.order.shape[1])[None, :] < routes.counts[:, None]
+        return (np.isin(routes.order, cold) & expanded).any(axis=1)
+
+    def _finish(self, batch: torch.Tensor, parent_probs: np.ndarray, routes: Routes, rows: np.ndarray) -> list:
+        rows_t = torch.from_numpy(rows)
+        routed = self.classifier.finish(batch[rows_t], parent_probs[rows], routes.take(rows))
+        self.stats.record(routed, self.hierarchy.groups)
+        return [Prediction(self, routed, i) for i in range(len(rows))]
+
+    def _finish_later(
+        self, batch: torch.Tensor, parent_probs: np.ndarray, routes: Routes, rows: np.ndarray, futures: list[Future]
+    ) -> None:
+        try:
+            predictions = self._finish(batch, parent_probs, routes, rows)
+        except BaseException as exc:
+            log.exception("%d photos waiting for a child failed", len(rows))
+            for future in futures:
+                future.set_exception(exc)
+            return
+        for future, prediction in zip(futures, predictions, strict=True):
+            future.set_result(prediction)
 
 
 def load_network(registry: RegistryVerbs, name: str, version: str, image_size: int) -> torch.nn.Module:
@@ -197,6 +243,7 @@ def load(
     cache: ModelCache[ChildKey],
     config: ServeConfig,
     stats: RoutingStats,
+    loader: Executor,
     previous: LoadedModels | None = None,
 ) -> LoadedModels:
     """A bundle ready to serve: the parent downloaded (or kept, when its version did not move) and checked.
@@ -245,4 +292,6 @@ def load(
         children=resolved.children,
         undeployed=resolved.undeployed,
         stats=stats,
+        cache=cache,
+        loader=loader,
     )
