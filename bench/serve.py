@@ -459,6 +459,9 @@ def endpoint_process(prefix: str, cache: int, log_path: Path) -> Iterator[tuple[
             url = f"http://127.0.0.1:{port}"
             wait_ready(url, timeout=300)
             yield url, process.pid
+        except BaseException:
+            log(f"endpoint log ({log_path}), last lines:\n" + "\n".join(log_path.read_text().splitlines()[-40:]))
+            raise
         finally:
             process.terminate()
             process.wait(30)

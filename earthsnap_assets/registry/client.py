@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,9 @@ from earthsnap_assets.settings import Settings
 
 PIP_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1", "timm==1.0.31"]
 SEARCH_PAGE = 1000  # MLflow's largest page of registered models
+# torch.export.load keeps its deserializer in a global: two loads at once fail ("_CURRENT_DESERIALIZER is
+# already set"). Serving loads children on a pool of threads, so loads in this process take turns.
+_LOAD_LOCK = threading.Lock()
 
 
 class ExportedModel(torch.nn.Module):
@@ -141,11 +145,15 @@ class RegistryVerbs:
         return info.model_uri
 
     def load_model(self, model_uri: str) -> ExportedModel:
-        """The logged network, ready for inference (an exported pt2 program is already in eval mode)."""
+        """The logged network, ready for inference (an exported pt2 program is already in eval mode).
+
+        Thread-safe: loads in one process take turns (see `_LOAD_LOCK`).
+        """
         import mlflow.pytorch
 
         self._mlflow(with_experiment=False)
-        return ExportedModel(mlflow.pytorch.load_model(model_uri))
+        with _LOAD_LOCK:
+            return ExportedModel(mlflow.pytorch.load_model(model_uri))
 
     # ------------------------------------------------------------------------------------------ versions
 

@@ -7,9 +7,11 @@ import http.server
 import json
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import torch
 from mlflow.exceptions import MlflowException
 
 from earthsnap_assets.pipeline.registration import production_accuracy, register
@@ -57,6 +59,16 @@ def test_only_a_missing_model_or_alias_reads_as_absent(stack: Settings) -> None:
     assert registry.alias_version(models.prefix + "child-nothing", "staging") is None
     aliases = registry.aliases(models.prefix)
     assert aliases == {models.prefix + name: {"staging": v} for name, v in versions.items()}
+
+
+@pytest.mark.stack
+def test_models_load_from_several_threads_at_once(stack: Settings) -> None:
+    models = TinyModels.create()
+    versions = models.deploy_first_versions("staging")
+    uris = [f"models:/{models.prefix}{name}/{versions[name]}" for name in ("child-flowers", "child-insects")] * 4
+    with ThreadPoolExecutor(4) as pool:  # torch.export.load alone fails when two threads deserialize at once
+        loaded = list(pool.map(models.registry.load_model, uris))
+    assert [m(torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE)).shape[-1] for m in loaded] == [2, 3] * 4
 
 
 @contextlib.contextmanager
