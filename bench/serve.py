@@ -468,13 +468,14 @@ def endpoint_process(prefix: str, cache: int, log_path: Path) -> Iterator[tuple[
 
 
 def memory_mb(pid: int) -> dict[str, float]:
-    """Resident set now and its peak (VmHWM) of a process, MB."""
+    """A process's resident set now, its peak (VmHWM), and its anonymous part (heap, tensors: what models and
+    requests cost, without the shared libraries' pages, which the kernel may drop and reload), MB."""
     fields = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
+        if key in ("VmRSS", "VmHWM", "RssAnon"):
             fields[key] = round(int(value.split()[0]) / 1024, 1)
-    return {"rss_mb": fields["VmRSS"], "peak_rss_mb": fields["VmHWM"]}
+    return {"rss_mb": fields["VmRSS"], "peak_rss_mb": fields["VmHWM"], "anon_rss_mb": fields["RssAnon"]}
 
 
 def server_delta(before: dict, after: dict) -> dict:
@@ -549,6 +550,7 @@ def run_scale(args: argparse.Namespace, datas: Sequence[bytes], log_path: Path) 
         "target_p50_ratio": TARGET_P50_RATIO,
         "meets_p50_ratio_target": all(r <= TARGET_P50_RATIO for r in ratios.values()),
         "rss_mb_by_groups": {g: per_g[g]["rss_mb"] for g in per_g},
+        "anon_rss_mb_by_groups": {g: per_g[g]["anon_rss_mb"] for g in per_g},
         "groups": per_g,
         "params": {
             "cache_max_children": args.cache,
@@ -598,7 +600,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--distinct-children", type=int, default=4, help="scale: networks logged, registered G times")
     parser.add_argument("--parent-confidence", type=float, default=0.9, help="scale: median top-1 P(group)")
     parser.add_argument("--cache", type=int, default=ServeConfig().cache_max_children, help="scale: children cached")
-    parser.add_argument("--cache-sweep", default="8", help="scale: other cache sizes tried at the largest G")
+    parser.add_argument("--cache-sweep", default="8,32", help="scale: other cache sizes tried at the largest G")
     parser.add_argument("--zipf", type=float, default=1.0, help="scale: popularity skew of the requests (0: none)")
     args = parser.parse_args(argv)
     args.sections = [x for x in args.sections.split(",") if x]

@@ -36,7 +36,7 @@ class ServeConfig:
     default_top_k: int = 5
     max_top_k: int = 100
     routing: RoutingConfig = field(default_factory=RoutingConfig)
-    cache_max_children: int | None = 32
+    cache_max_children: int | None = 128  # ~2 MB each for the demo's networks; see README "Children on demand"
     cache_max_bytes: int | None = None
     preload_groups: tuple[str, ...] = ()
     preload_most_requested: int = 8
