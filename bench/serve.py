@@ -22,15 +22,17 @@ import argparse
 import contextlib
 import io
 import json
+import math
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -38,21 +40,25 @@ import numpy as np
 import requests
 import torch
 
+from earthsnap_assets.ml.model_cache import ModelCache
 from earthsnap_assets.ml.models import DEFAULT_BACKBONE, create_classifier
+from earthsnap_assets.ml.routing import RoutingConfig
 from earthsnap_assets.ml.transforms import preprocess_bytes
-from earthsnap_assets.resources.mlflow_registry import MlflowRegistry
+from earthsnap_assets.registry.client import RegistryClient, RegistryVerbs
 from earthsnap_assets.serving.app import create_app
 from earthsnap_assets.serving.config import ServeConfig
 from earthsnap_assets.serving.local import serving_in_thread
-from earthsnap_assets.serving.models import LoadedModels, load, resolve
+from earthsnap_assets.serving.models import LoadedModels, RoutingStats, load, load_network
+from earthsnap_assets.serving.resolve import RegistryReader
 from earthsnap_assets.settings import Settings
 from earthsnap_assets.stack import stack_down, stack_up
-from earthsnap_assets.stack.ports import free_stack_env
+from earthsnap_assets.stack.ports import free_port, free_stack_env
 
 ENV = ALIAS = "production"
 PHOTO_SIZE = (800, 600)  # width x height, as PIL counts
 TARGET_OVERHEAD = 0.20
 TARGET_BATCHING_GAIN = 1.0
+TARGET_P50_RATIO = 1.5  # p50 at the largest G over p50 at the smallest
 
 
 def log(*parts: object) -> None:
@@ -111,30 +117,38 @@ def classifier(backbone: str, classes: int, seed: int) -> torch.nn.Module:
     return model.eval()
 
 
+def register_model(
+    registry: RegistryVerbs,
+    name: str,
+    model: torch.nn.Module,
+    classes: list[str],
+    image_size: int,
+    mapping: dict[str, list[str]] | None = None,
+) -> tuple[str, str, str]:
+    """Log `model` as pt2 and register it as `name` with the tags serving reads: (version, model uri, run id)."""
+    example = np.zeros((2, 3, image_size, image_size), np.float32)
+    tags = {"classes": ",".join(classes), "image_size": str(image_size), "dataset_version": "bench-serve"}
+    with registry.run(name) as run_id:
+        uri = registry.log_model(run_id, model, example, {"classes": classes})
+        if mapping is not None:  # the parent: its group -> species mapping is an artifact, as registration does
+            tags |= registry.log_group_species(run_id, mapping)
+    return registry.register(uri, name, run_id, tags), uri, run_id
+
+
 def register_hierarchy(
-    registry: MlflowRegistry, prefix: str, species: dict[str, list[str]], backbone: str, image_size: int
+    registry: RegistryVerbs, prefix: str, species: dict[str, list[str]], backbone: str, image_size: int
 ) -> dict[str, str]:
     """Parent + one child per group, logged as pt2 and registered with the tags serving reads; alias on all."""
-    example = np.zeros((2, 3, image_size, image_size), np.float32)
-    common = {"image_size": str(image_size), "dataset_version": "bench-serve"}
 
-    def register(name: str, model: torch.nn.Module, classes: list[str], **tags: str) -> str:
-        with registry.run(name) as run_id:
-            uri = registry.log_model(run_id, model, example, {"classes": classes})
-        all_tags = {"classes": ",".join(classes), **common, **tags}
-        return registry.register(uri, prefix + name, run_id, all_tags)
+    def register(name: str, model: torch.nn.Module, classes: list[str], **_: str) -> str:
+        return register_model(registry, prefix + name, model, classes, image_size)[0]
 
     groups = list(species)
-    versions = {
-        prefix + "parent": register(
-            "parent", classifier(backbone, len(groups), 0), groups, group_species=json.dumps(species)
-        )
-    }
+    parent = classifier(backbone, len(groups), 0)
+    versions = {prefix + "parent": register_model(registry, prefix + "parent", parent, groups, image_size, species)[0]}
     for index, group in enumerate(groups, start=1):
         name = f"child-{group}"
-        versions[prefix + name] = register(
-            name, classifier(backbone, len(species[group]), index), species[group], group=group
-        )
+        versions[prefix + name] = register(name, classifier(backbone, len(species[group]), index), species[group])
         log(f"  registered {prefix + name} v{versions[prefix + name]}")
     for name, version in versions.items():
         registry.set_alias(name, ALIAS, version)
@@ -166,6 +180,7 @@ def _quantiles(latencies: Sequence[float]) -> dict[str, float]:
     return {
         "p50_ms": round(float(np.percentile(ms, 50)), 2),
         "p95_ms": round(float(np.percentile(ms, 95)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
         "mean_ms": round(float(ms.mean()), 2),
         "max_ms": round(float(ms.max()), 2),
     }
@@ -271,10 +286,23 @@ def run_concurrent(
     return _phase_stats(latencies, wall, time.process_time() - cpu_before, load_before, concurrency)
 
 
+def in_process_bundle(registry: RegistryVerbs, config: ServeConfig, versions: dict[str, str]) -> LoadedModels:
+    """The bundle the endpoint builds for the alias, built here the same way (`RegistryReader` + `load`)."""
+    reader = RegistryReader(registry, config)
+    found = reader.versions(ALIAS)
+    if found != versions:
+        raise RuntimeError(f"alias {ALIAS!r} resolves to {found}, expected {versions}")
+    resolved = reader.resolve(found)
+    size = int(resolved.tags[resolved.parent_name]["image_size"])
+    cache: ModelCache = ModelCache(lambda key: load_network(registry, *key, size), max_models=config.cache_max_children)
+    return load(registry, resolved, ENV, ALIAS, cache, config, RoutingStats(), ThreadPoolExecutor(2))
+
+
 def in_process_worker(bundle: LoadedModels, datas: Sequence[bytes]) -> Callable[[], Callable[[int], Any]]:
     def make() -> Callable[[int], Any]:
         def handle(index: int) -> Any:
-            return bundle.predict(preprocess_bytes(datas[index], bundle.image_size))[0]
+            answer = bundle.predict(preprocess_bytes(datas[index], bundle.image_size))[0]
+            return answer.result() if isinstance(answer, Future) else answer  # a Future while a child loads
 
         return handle
 
@@ -346,15 +374,196 @@ def with_batching(stats: dict, before: dict, after: dict) -> dict:
     }
 
 
-def agreement(local: Sequence[Any], remote: Sequence[dict], bundle: LoadedModels) -> dict:
+def agreement(local: Sequence[Any], remote: Sequence[dict]) -> dict:
     """Same photo, same versions: HTTP's best species and its probability against the in-process ones."""
     same, worst = 0, 0.0
     for prediction, answer in zip(local, remote, strict=True):
-        best = int(np.argmax(prediction.species_probs))
-        top = answer["top_k"][0]
-        same += top["species"] == bundle.hierarchy.flat_species[best]
-        worst = max(worst, abs(top["probability"] - float(prediction.species_probs[best])))
+        mine, theirs = prediction.answer(1, 0.0)["top_k"][0], answer["top_k"][0]
+        same += theirs["species"] == mine["species"]
+        worst = max(worst, abs(theirs["probability"] - mine["probability"]))
     return {"same_top_species": same, "of": len(local), "max_abs_probability_diff": worst}
+
+
+# ---------------------------------------------------------------------------------------------- scale
+
+
+def wide_species(groups: int, per_group: int) -> dict[str, list[str]]:
+    """group -> species of a synthetic taxonomy of any size: g000 -> [g000-s0, g000-s1, ...]."""
+    return {f"g{g:03d}": [f"g{g:03d}-s{s}" for s in range(per_group)] for g in range(groups)}
+
+
+def calibrated(model: torch.nn.Module, inputs: torch.Tensor, confidence: float) -> torch.nn.Module:
+    """Scale the head so the median top-1 P(group) over `inputs` is `confidence`.
+
+    A random head's confidence depends on G (here: 0.98 at G = 4, 0.42 at G = 200), and how many
+    children a photo costs follows that confidence, not G. A trained parent is sure of most photos at any
+    G, so parents of every G get the same median confidence and the comparison isolates G.
+    """
+    with torch.no_grad():
+        logits = model(inputs)
+    low, high = 1e-3, 1e3  # bisection on the temperature, in log space
+    for _ in range(60):
+        temperature = math.sqrt(low * high)
+        median = float(torch.softmax(logits / temperature, dim=1).max(dim=1).values.median())
+        low, high = (temperature, high) if median > confidence else (low, temperature)
+    head = model.get_classifier()
+    with torch.no_grad():
+        head.weight /= temperature
+        head.bias /= temperature
+    return model
+
+
+def register_wide(
+    registry: RegistryVerbs, prefix: str, species: dict[str, list[str]], args: argparse.Namespace, inputs: torch.Tensor
+) -> dict[str, str]:
+    """A calibrated parent over G groups and a child per group; `--distinct-children` networks are logged and
+    registered round-robin under the G names (each name is its own version, downloaded and loaded on its own)."""
+    groups = list(species)
+    parent = calibrated(classifier(args.backbone, len(groups), 0), inputs, args.parent_confidence)
+    versions = {
+        prefix + "parent": register_model(registry, prefix + "parent", parent, groups, args.image_size, species)[0]
+    }
+    logged = []
+    for k, group in enumerate(groups[: args.distinct_children]):
+        network = classifier(args.backbone, len(species[group]), k + 1)
+        version, uri, run_id = register_model(
+            registry, f"{prefix}child-{group}", network, species[group], args.image_size
+        )
+        versions[f"{prefix}child-{group}"] = version
+        logged.append((uri, run_id))
+
+    def register(index_group: tuple[int, str]) -> tuple[str, str]:
+        index, group = index_group
+        uri, run_id = logged[index % len(logged)]
+        tags = {"classes": ",".join(species[group]), "image_size": str(args.image_size), "dataset_version": "bench"}
+        return f"{prefix}child-{group}", registry.register(uri, f"{prefix}child-{group}", run_id, tags)
+
+    rest = list(enumerate(groups))[args.distinct_children :]
+    with ThreadPoolExecutor(8) as pool:
+        versions.update(pool.map(register, rest))
+        list(pool.map(lambda item: registry.set_alias(item[0], ALIAS, item[1]), versions.items()))
+    return versions
+
+
+@contextlib.contextmanager
+def endpoint_process(prefix: str, cache: int, log_path: Path) -> Iterator[tuple[str, int]]:
+    """`earthsnap serve` as its own process (a replica), so its memory is its own: (base URL, pid)."""
+    port = free_port()
+    code = "from earthsnap_assets.cli import main; main()"
+    args = ["serve", "--env", ENV, "--port", str(port), "--model-prefix", prefix, "--cache-max-children", str(cache)]
+    with log_path.open("ab") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-c", code, *args, "--log-level", "warning"], stdout=log_file, stderr=subprocess.STDOUT
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_ready(url, timeout=300)
+            yield url, process.pid
+        except BaseException:
+            log(f"endpoint log ({log_path}), last lines:\n" + "\n".join(log_path.read_text().splitlines()[-40:]))
+            raise
+        finally:
+            process.terminate()
+            process.wait(30)
+
+
+def memory_mb(pid: int) -> dict[str, float]:
+    """A process's resident set now, its peak (VmHWM), and its anonymous part (heap, tensors: what models and
+    requests cost, without the shared libraries' pages, which the kernel may drop and reload), MB."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM", "RssAnon"):
+            fields[key] = round(int(value.split()[0]) / 1024, 1)
+    return {"rss_mb": fields["VmRSS"], "peak_rss_mb": fields["VmHWM"], "anon_rss_mb": fields["RssAnon"]}
+
+
+def server_delta(before: dict, after: dict) -> dict:
+    """What the endpoint did during a timed phase: batching, cache traffic, routing cost."""
+    passes = after["forward_passes"] - before["forward_passes"]
+    items = after["items"] - before["items"]
+    cache = {k: after["children"][k] - before["children"][k] for k in ("hits", "misses", "loads", "evictions")}
+    lookups = cache["hits"] + cache["misses"]
+    photos = after["routing"]["photos"] - before["routing"]["photos"]
+    expanded = after["routing"]["groups_expanded"] - before["routing"]["groups_expanded"]
+    child_passes = after["routing"]["child_forward_passes"] - before["routing"]["child_forward_passes"]
+    return {
+        "avg_batch_size": round(items / passes, 2) if passes else None,
+        "cache": cache | {"hit_rate": round(cache["hits"] / lookups, 4) if lookups else None},
+        "resident_children": after["children"]["resident"],
+        "resident_child_mb": round(after["children"]["resident_bytes"] / 2**20, 1),
+        "mean_groups_expanded": round(expanded / photos, 3) if photos else None,
+        "child_passes_per_batch": round(child_passes / passes, 2) if passes else None,
+    }
+
+
+def scale_run(url: str, pid: int, datas: Sequence[bytes], concurrencies: Sequence[int], warmup: int) -> dict:
+    """HTTP phases at each concurrency against one endpoint process; its memory after them."""
+    result: dict[str, Any] = {}
+    for concurrency in concurrencies:
+        before: list[dict] = []
+        stats = run_concurrent(
+            datas, concurrency, warmup, http_worker(url, datas), lambda b=before: b.append(batch_counts(url))
+        )
+        result[f"c{concurrency}"] = stats | server_delta(before[0], batch_counts(url))
+        log(f"    c{concurrency}: {json.dumps(result[f'c{concurrency}'])}")
+    return result | memory_mb(pid)
+
+
+def workload(datas: Sequence[bytes], count: int, zipf: float, seed: int) -> list[bytes]:
+    """`count` requests drawn from the photos with Zipf popularity (photo of rank r: P ~ 1 / r^zipf, ranks seeded):
+    traffic concentrates on common species. zipf = 0: every photo once, in a random order (no repeats)."""
+    rng = np.random.default_rng(seed)
+    if zipf == 0:
+        return [datas[i] for i in rng.permutation(len(datas))[:count]]
+    weights = 1.0 / np.arange(1, len(datas) + 1) ** zipf
+    ranked = rng.permutation(len(datas))
+    return [datas[ranked[i]] for i in rng.choice(len(datas), size=count, p=weights / weights.sum())]
+
+
+def run_scale(args: argparse.Namespace, datas: Sequence[bytes], log_path: Path) -> dict:
+    """Endpoints over G groups (one process each), the same requests at concurrency 1 and C; cache at its setting."""
+    requests_ = workload(datas, args.n, args.zipf, args.seed)
+    registry = RegistryClient(experiment=f"bench-serve-scale-{uuid.uuid4().hex[:8]}")
+    inputs = torch.cat([preprocess_bytes(d, args.image_size) for d in datas[:64]])
+    concurrencies = (1, args.concurrency)
+    per_g: dict[str, Any] = {}
+    for groups in args.groups:
+        prefix = f"bench-{uuid.uuid4().hex[:8]}-g{groups}-earthsnap-"
+        log(f"scale: G = {groups}, registering under {prefix!r}")
+        clock = time.perf_counter()
+        register_wide(registry, prefix, wide_species(groups, args.species_per_group), args, inputs)
+        register_s = round(time.perf_counter() - clock, 1)
+        with endpoint_process(prefix, args.cache, log_path) as (url, pid):
+            per_g[str(groups)] = scale_run(url, pid, requests_, concurrencies, args.warmup) | {"register_s": register_s}
+        if groups == max(args.groups):
+            for cache in args.cache_sweep:
+                log(f"scale: G = {groups}, cache {cache}")
+                with endpoint_process(prefix, cache, log_path) as (url, pid):
+                    per_g[f"{groups}_cache{cache}"] = scale_run(url, pid, requests_, (1,), args.warmup)
+    small, large = str(min(args.groups)), str(max(args.groups))
+    ratios = {
+        f"c{c}": round(per_g[large][f"c{c}"]["p50_ms"] / per_g[small][f"c{c}"]["p50_ms"], 3) for c in concurrencies
+    }
+    return {
+        f"p50_ratio_G{large}_vs_G{small}": ratios,
+        "target_p50_ratio": TARGET_P50_RATIO,
+        "meets_p50_ratio_target": all(r <= TARGET_P50_RATIO for r in ratios.values()),
+        "rss_mb_by_groups": {g: per_g[g]["rss_mb"] for g in per_g},
+        "anon_rss_mb_by_groups": {g: per_g[g]["anon_rss_mb"] for g in per_g},
+        "groups": per_g,
+        "params": {
+            "cache_max_children": args.cache,
+            "cache_sweep": args.cache_sweep,
+            "routing": RoutingConfig().as_dict(),
+            "species_per_group": args.species_per_group,
+            "distinct_children": args.distinct_children,
+            "parent_median_confidence": args.parent_confidence,
+            "zipf": args.zipf,
+            "distinct_photos_requested": len(set(requests_)),
+            "server": "earthsnap serve in its own process (one replica), client threads in the benchmark's process",
+        },
+    }
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -385,7 +594,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=64, help="model input size S (default 64)")
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality of the inputs (default 90)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sections", default="overhead,scale", help="overhead (4 groups, http vs in-process), scale")
+    parser.add_argument("--groups", default="4,50,200", help="scale: numbers of groups G (default 4,50,200)")
+    parser.add_argument("--species-per-group", type=int, default=3)
+    parser.add_argument("--distinct-children", type=int, default=4, help="scale: networks logged, registered G times")
+    parser.add_argument("--parent-confidence", type=float, default=0.9, help="scale: median top-1 P(group)")
+    parser.add_argument("--cache", type=int, default=ServeConfig().cache_max_children, help="scale: children cached")
+    parser.add_argument("--cache-sweep", default="8,32", help="scale: other cache sizes tried at the largest G")
+    parser.add_argument("--zipf", type=float, default=1.0, help="scale: popularity skew of the requests (0: none)")
     args = parser.parse_args(argv)
+    args.sections = [x for x in args.sections.split(",") if x]
+    args.groups = sorted(int(x) for x in args.groups.split(",") if x)
+    args.cache_sweep = [int(x) for x in args.cache_sweep.split(",") if x]
     if args.n < 1 or args.concurrency < 1 or args.warmup < 0:
         parser.error("need --n >= 1, --concurrency >= 1, --warmup >= 0")
     return args
@@ -412,55 +632,66 @@ def run(args: argparse.Namespace) -> dict:
     clock = time.perf_counter()
     datas = photos(args.n, flat, args.seed, args.quality)
     setup = {"render_s": round(time.perf_counter() - clock, 2)}
-    prefix = f"bench-{uuid.uuid4().hex[:8]}-earthsnap-"
-    config = ServeConfig(model_prefix=prefix)
     log("starting the bench stack (SeaweedFS + MLflow)")
     clock = time.perf_counter()
-    with bench_stack():
+    result: dict[str, Any] = {}
+    with bench_stack() as settings:
         setup["stack_up_s"] = round(time.perf_counter() - clock, 2)
-        registry = MlflowRegistry(experiment=f"bench-serve-{prefix[6:14]}")
-        log(f"registering the hierarchy under {prefix!r}")
+        if "overhead" in args.sections:
+            result |= run_overhead(args, datas, species, setup)
+        if "scale" in args.sections:
+            result["scale"] = run_scale(args, datas, settings.home / "bench-serve-endpoints.log")
+    return result | {
+        "setup_s": setup,
+        "total_s": round(time.perf_counter() - began, 1),
+        "machine": facts | {"loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},
+    }
+
+
+def run_overhead(args: argparse.Namespace, datas: Sequence[bytes], species: dict[str, list[str]], setup: dict) -> dict:
+    """The endpoint vs. the same bundle in-process, 4 groups, at concurrency 1 and C."""
+    prefix = f"bench-{uuid.uuid4().hex[:8]}-earthsnap-"
+    config = ServeConfig(model_prefix=prefix)
+    registry = RegistryClient(experiment=f"bench-serve-{prefix[6:14]}")
+    log(f"registering the hierarchy under {prefix!r}")
+    clock = time.perf_counter()
+    versions = register_hierarchy(registry, prefix, species, args.backbone, args.image_size)
+    setup["register_s"] = round(time.perf_counter() - clock, 2)
+    clock = time.perf_counter()
+    bundle = in_process_bundle(registry, config, versions)
+    setup["load_s"] = round(time.perf_counter() - clock, 2)
+
+    app = ServerClock(create_app(ENV, config=config))
+    with serving(app) as url:
         clock = time.perf_counter()
-        versions = register_hierarchy(registry, prefix, species, args.backbone, args.image_size)
-        setup["register_s"] = round(time.perf_counter() - clock, 2)
-        clock = time.perf_counter()
-        resolved = resolve(registry.client, config, ALIAS)
-        if resolved is None or dict(resolved.versions) != versions:
-            raise RuntimeError(f"alias {ALIAS!r} resolves to {resolved}, expected {versions}")
-        bundle = load(registry, resolved, ENV, ALIAS)
-        setup["load_s"] = round(time.perf_counter() - clock, 2)
+        ready = wait_ready(url)
+        setup["endpoint_ready_s"] = round(time.perf_counter() - clock, 2)
+        if ready["versions"] != versions:
+            raise RuntimeError(f"endpoint serves {ready['versions']}, expected {versions}")
+        c = args.concurrency
+        counts: dict[str, dict[str, int]] = {}
 
-        app = ServerClock(create_app(ENV, config=config))
-        with serving(app) as url:
-            clock = time.perf_counter()
-            ready = wait_ready(url)
-            setup["endpoint_ready_s"] = round(time.perf_counter() - clock, 2)
-            if ready["versions"] != versions:
-                raise RuntimeError(f"endpoint serves {ready['versions']}, expected {versions}")
-            c = args.concurrency
-            counts: dict[str, dict[str, int]] = {}
+        def timing_starts(phase: str) -> Callable[[], None]:
+            def start() -> None:  # after the warm-up: batch counts and server clock cover the timed part only
+                counts[phase] = batch_counts(url)
+                app.seconds.clear()
 
-            def timing_starts(phase: str) -> Callable[[], None]:
-                def start() -> None:  # after the warm-up: batch counts and server clock cover the timed part only
-                    counts[phase] = batch_counts(url)
-                    app.seconds.clear()
+            return start
 
-                return start
-
-            log(f"concurrency 1: in-process and http interleaved, {args.n} photos each")
-            (local_c1, local_answers), (http_c1, http_answers) = run_paired(
-                datas, args.warmup, in_process_worker(bundle, datas), http_worker(url, datas), timing_starts("c1")
-            )
-            http_c1 = with_batching(http_c1, counts["c1"], batch_counts(url)) | {"server_side": _quantiles(app.seconds)}
-            log(f"  in-process c1: {json.dumps(local_c1)}")
-            log(f"  http c1: {json.dumps(http_c1)}")
-            log(f"in-process, concurrency {c}")
-            local_cn = run_concurrent(datas, c, args.warmup, in_process_worker(bundle, datas))
-            log(f"  in-process c{c}: {json.dumps(local_cn)}")
-            log(f"http, concurrency {c}")
-            http_cn = run_concurrent(datas, c, args.warmup, http_worker(url, datas), timing_starts("cn"))
-            http_cn = with_batching(http_cn, counts["cn"], batch_counts(url)) | {"server_side": _quantiles(app.seconds)}
-            log(f"  http c{c}: {json.dumps(http_cn)}")
+        log(f"concurrency 1: in-process and http interleaved, {args.n} photos each")
+        (local_c1, local_answers), (http_c1, http_answers) = run_paired(
+            datas, args.warmup, in_process_worker(bundle, datas), http_worker(url, datas), timing_starts("c1")
+        )
+        http_c1 = with_batching(http_c1, counts["c1"], batch_counts(url)) | {"server_side": _quantiles(app.seconds)}
+        log(f"  in-process c1: {json.dumps(local_c1)}")
+        log(f"  http c1: {json.dumps(http_c1)}")
+        log(f"in-process, concurrency {c}")
+        local_cn = run_concurrent(datas, c, args.warmup, in_process_worker(bundle, datas))
+        log(f"  in-process c{c}: {json.dumps(local_cn)}")
+        log(f"http, concurrency {c}")
+        http_cn = run_concurrent(datas, c, args.warmup, http_worker(url, datas), timing_starts("cn"))
+        http_cn = with_batching(http_cn, counts["cn"], batch_counts(url)) | {"server_side": _quantiles(app.seconds)}
+        log(f"  http c{c}: {json.dumps(http_cn)}")
     overhead = (http_c1["p50_ms"] - local_c1["p50_ms"]) / local_c1["p50_ms"]
     breakdown = {  # differences of medians: approximate, but they say on which side of the socket the time goes
         "in_app_ms": round(http_c1["server_side"]["p50_ms"] - local_c1["p50_ms"], 2),
@@ -478,7 +709,7 @@ def run(args: argparse.Namespace) -> dict:
         f"in_process_gain_c{c}": round(local_cn["throughput_per_s"] / local_c1["throughput_per_s"], 3),
         "in_process": {"c1": local_c1, f"c{c}": local_cn},
         "http": {"c1": http_c1, f"c{c}": http_cn},
-        "answers_agree_c1": agreement(local_answers, http_answers, bundle),
+        "answers_agree_c1": agreement(local_answers, http_answers),
         "params": {
             "n": args.n,
             "warmup": args.warmup,
@@ -494,9 +725,6 @@ def run(args: argparse.Namespace) -> dict:
             "serve_config": {"max_batch": config.max_batch, "max_wait_ms": config.max_wait_ms},
             "server": "uvicorn in a thread of this process (as the serving tests run it), client threads beside it",
         },
-        "setup_s": setup,
-        "total_s": round(time.perf_counter() - began, 1),
-        "machine": facts | {"loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},
     }
     return result
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from earthsnap_assets.registry import names
 from earthsnap_assets.settings import Settings
 
 
@@ -193,10 +194,10 @@ def train_all() -> None:
 
 
 def _registry_and_store():
-    from earthsnap_assets.resources.mlflow_registry import MlflowRegistry
+    from earthsnap_assets.registry.client import RegistryClient
     from earthsnap_assets.resources.object_store import ObjectStore
 
-    return MlflowRegistry(), ObjectStore()
+    return RegistryClient(), ObjectStore()
 
 
 @main.command("approve")
@@ -264,23 +265,23 @@ def _demo_approve_and_deploy(timeout: float = 900.0) -> dict[str, str]:
 
     registry, store = _registry_and_store()
     latest: dict[str, str] = {}
-    for version in registry.search_versions("name LIKE 'earthsnap-%'"):
+    for version in registry.search_versions(f"name LIKE '{names.DEFAULT_PREFIX}%'"):
         if int(version.version) > int(latest.get(version.name, "0")):
             latest[version.name] = str(version.version)
     deployed: dict[str, str] = {}
     children: dict[str, str] = {}
-    for name, version in sorted(latest.items(), key=lambda kv: (kv[0] != "earthsnap-parent", kv[0])):
+    for name, version in sorted(latest.items(), key=lambda kv: (kv[0] != names.PARENT, kv[0])):
         tags = registry.version_tags(name, version)
         if tags.get("gate") != "passed":
             click.echo(f"  {name} v{version}: gate {tags.get('gate')} ({tags.get('gate_reason')}): not approvable")
             continue
         approve(registry, store, name, version, note="earthsnap demo --auto-approve")
         click.echo(f"  approved {name} v{version}; the approval sensor will deploy it")
-        if name == "earthsnap-parent":  # children can only be staged next to a parent: wait for it first
+        if name == names.PARENT:  # children can only be staged next to a parent: wait for it first
             deployed |= _wait_production(registry, {name: version}, timeout)
         else:
             children[name] = version
-    if "earthsnap-parent" in deployed:
+    if names.PARENT in deployed:
         deployed |= _wait_production(registry, children, timeout)
     return deployed
 
@@ -398,7 +399,7 @@ def demo(ctx: click.Context, images_per_species: int, auto_approve: bool, loop: 
         click.echo("== approval: DEMO MODE approves automatically; in production a person sets approval=approved")
         click.echo("   in the MLflow UI or runs `earthsnap approve MODEL VERSION`")
         deployed = _demo_approve_and_deploy()
-        if "earthsnap-parent" in deployed:
+        if names.PARENT in deployed:
             click.echo("== a prediction from the production endpoint")
             _predict_sample(settings)
     else:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from earthsnap_assets.registry import names
+
 
 @dataclass(frozen=True)
 class GroupObjectsRef:
@@ -95,7 +97,7 @@ class ModelRef:
 
     @property
     def registered_name(self) -> str:
-        return "earthsnap-parent" if self.task == "parent" else f"earthsnap-child-{self.group}"
+        return names.PARENT if self.task == "parent" else names.child_name(self.group or "")
 
 
 @dataclass(frozen=True)

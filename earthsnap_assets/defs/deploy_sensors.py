@@ -3,9 +3,10 @@
 import dagster as dg
 
 from earthsnap_assets.defs.deployment import deploy_model_version
+from earthsnap_assets.registry import names
 from earthsnap_assets.resources.mlflow_registry import MlflowRegistry
 
-MODEL_PREFIX = "earthsnap-"
+MODEL_PREFIX = names.DEFAULT_PREFIX
 
 
 def deployable(registry: MlflowRegistry) -> list[tuple[str, str, str]]:
@@ -16,7 +17,7 @@ def deployable(registry: MlflowRegistry) -> list[tuple[str, str, str]]:
         waiting = tags.get("deploy_status") != "production"  # a failed deploy is retried by approving again
         if version.name.startswith(MODEL_PREFIX) and tags.get("gate") == "passed" and waiting:
             found.append((version.name, str(version.version), tags.get("approved_at", "")))
-    return sorted(found, key=lambda item: (item[0] != "earthsnap-parent", item))  # the parent goes first
+    return sorted(found, key=lambda item: (item[0] != names.PARENT, item))  # the parent goes first
 
 
 @dg.sensor(

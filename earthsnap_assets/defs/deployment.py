@@ -6,6 +6,7 @@ from pydantic import Field
 from earthsnap_assets.deployment.golden import golden_set
 from earthsnap_assets.deployment.history import Event, record
 from earthsnap_assets.deployment.stage_tests import run_stage_tests
+from earthsnap_assets.registry import names
 from earthsnap_assets.resources.endpoints import Endpoints
 from earthsnap_assets.resources.mlflow_registry import MlflowRegistry
 from earthsnap_assets.resources.object_store import ObjectStore
@@ -41,7 +42,7 @@ def deploy_to_staging(
     context: dg.OpExecutionContext, target: dict, registry: MlflowRegistry, store: ObjectStore, endpoints: Endpoints
 ) -> dict:
     """Point `staging` at the version and wait until the staging endpoint answers with it."""
-    if target["model"] != "earthsnap-parent" and registry.alias_version("earthsnap-parent", "staging") is None:
+    if target["model"] != names.PARENT and registry.alias_version(names.PARENT, "staging") is None:
         raise dg.Failure("no earthsnap-parent version is in staging yet: approve and deploy the parent first")
     registry.set_alias(target["model"], "staging", target["version"])
     _mark(registry, store, target, "staging")

@@ -1,7 +1,5 @@
 """Registered model versions in MLflow, pending a person's approval, with the automated gate's verdict."""
 
-import json
-
 import dagster as dg
 
 from earthsnap_assets.defs.automation import retrain_on_data_change
@@ -17,13 +15,15 @@ def _register(
     model: ModelRef,
     evaluation: EvaluationRef,
     config: GateConfig,
-    extra_tags: dict[str, str] | None = None,
+    group_species: dict[str, list[str]] | None = None,
 ):
     if model.single_species:
         return dg.Output(
             {"registered": False, "reason": "one-species group: no network"}, metadata={"registered": False}
         )
-    version = register(registry, model, evaluation.metrics, config.min_accuracy, config.tolerance, extra_tags)
+    version = register(
+        registry, model, evaluation.metrics, config.min_accuracy, config.tolerance, group_species=group_species
+    )
     metadata = {
         "registered_model": version.name,
         "version": version.version,
@@ -31,6 +31,7 @@ def _register(
         "gate_reason": version.gate.reason,
         "approval": "pending",
         "dataset_version": model.dataset_version,
+        **{k: v for k, v in version.tags.items() if k.startswith("group_species_")},
     }
     value = {"registered": True, "name": version.name, "version": version.version, "gate": version.gate.tag}
     return dg.Output(value, metadata=metadata)
@@ -46,10 +47,11 @@ def registered_parent(
 ):
     """A new version of `earthsnap-parent`, tagged `approval=pending` and with its gate result.
 
-    It also carries `group_species` (JSON group -> species), so serving knows one-species groups.
+    Its group -> species mapping (every species the app knows, so serving knows one-species groups) is an
+    artifact of the version's run; the version's tags hold its URI, sha256 and counts.
     """
-    group_species = json.dumps(parent_sample.labels, sort_keys=True)
-    return _register(registry, parent_model, parent_evaluation, config, {"group_species": group_species})
+    group_species = {g: list(species) for g, species in parent_sample.labels.items()}
+    return _register(registry, parent_model, parent_evaluation, config, group_species)
 
 
 @dg.asset(

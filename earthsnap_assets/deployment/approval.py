@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from earthsnap_assets.deployment.history import Event, actor, events, now, production_before, record
-from earthsnap_assets.resources.mlflow_registry import MlflowRegistry
+from earthsnap_assets.registry.client import RegistryVerbs
 from earthsnap_assets.resources.object_store import ObjectStore
 
 
@@ -11,14 +11,14 @@ class ApprovalError(ValueError):
     """The decision cannot be taken (unknown version, no previous production version, ...)."""
 
 
-def _check_exists(registry: MlflowRegistry, model: str, version: str) -> dict[str, str]:
+def _check_exists(registry: RegistryVerbs, model: str, version: str) -> dict[str, str]:
     try:
         return registry.version_tags(model, version)
     except Exception as exc:  # MLflow raises RestException for unknown names/versions
         raise ApprovalError(f"{model} version {version} not found in the MLflow registry: {exc}") from exc
 
 
-def approve(registry: MlflowRegistry, store: ObjectStore, model: str, version: str, note: str = "") -> dict:
+def approve(registry: RegistryVerbs, store: ObjectStore, model: str, version: str, note: str = "") -> dict:
     """Tag the version `approval=approved` (who, when); the approval sensor then deploys it."""
     tags = _check_exists(registry, model, version)
     if tags.get("gate") == "failed":
@@ -29,7 +29,7 @@ def approve(registry: MlflowRegistry, store: ObjectStore, model: str, version: s
     return decision
 
 
-def reject(registry: MlflowRegistry, store: ObjectStore, model: str, version: str, reason: str) -> dict:
+def reject(registry: RegistryVerbs, store: ObjectStore, model: str, version: str, reason: str) -> dict:
     """Tag the version `approval=rejected` with the reason; it will never be deployed."""
     _check_exists(registry, model, version)
     if not reason.strip():
@@ -40,7 +40,7 @@ def reject(registry: MlflowRegistry, store: ObjectStore, model: str, version: st
     return decision
 
 
-def rollback(registry: MlflowRegistry, store: ObjectStore, model: str) -> tuple[str | None, str]:
+def rollback(registry: RegistryVerbs, store: ObjectStore, model: str) -> tuple[str | None, str]:
     """Re-point `production` to the version it served before; returns (from, to)."""
     current = registry.alias_version(model, "production")
     previous = production_before(events(store, store.lake_bucket, model), current)

@@ -8,10 +8,13 @@ what makes CPU runs bit-for-bit reproducible.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 
 def pick_device(prefer: str | None = None) -> torch.device:
@@ -52,3 +55,24 @@ def to_device_batch(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     if is_cuda(device) and x.dim() == 4 and x.is_floating_point():
         x = x.contiguous(memory_format=torch.channels_last)
     return x
+
+
+def on_device(model: nn.Module, device: torch.device, image_size: int) -> nn.Module:
+    """The model on `device`, or on the CPU when an exported program cannot run there (it then still runs)."""
+    if device.type == "cpu":
+        return model
+    try:
+        moved = model.to(device)
+        with torch.inference_mode(), autocast(device):
+            moved(torch.zeros(2, 3, image_size, image_size, device=device))
+        return moved
+    except Exception:  # a torch.export graph may pin constants to the CPU it was exported on
+        log.warning("model does not run on %s; evaluating it on the CPU", device, exc_info=True)
+        return model.to("cpu")
+
+
+def device_of(model: nn.Module, default: torch.device) -> torch.device:
+    """Where a model's weights are (inputs must go there), `default` for a model without any."""
+    for tensor in model.parameters():
+        return tensor.device
+    return default

@@ -1,15 +1,17 @@
-"""Parent x child: P(species) = P(group) * P(species | group), and how a hierarchy errs.
+"""The label spaces of the hierarchy: groups in parent output order, species per group in child output order.
 
-A group with a single species has no child network: P(species | group) = 1.
+P(species) = P(group) x P(species | group); a group with a single species has no child network and
+P(species | group) = 1. Species are numbered in "flat" order (group by group), the index every routed
+prediction and every evaluation count uses.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
-
-from earthsnap_assets.ml.evaluate import classification_report, top_k_accuracy
 
 
 @dataclass(frozen=True)
@@ -19,53 +21,37 @@ class Hierarchy:
     groups: list[str]
     species: dict[str, list[str]]
 
+    @classmethod
+    def from_mapping(cls, groups: Sequence[str], mapping: Mapping[str, Sequence[str]]) -> Hierarchy:
+        """Groups in `groups` order (the parent's outputs), species as the mapping lists them."""
+        missing = [g for g in groups if g not in mapping]
+        if missing:
+            raise ValueError(f"groups {missing} are not in the group -> species mapping")
+        return cls(groups=list(groups), species={g: list(mapping[g]) for g in groups})
+
     @property
     def flat_species(self) -> list[str]:
-        """Every species, grouped by group: the output order of combined probabilities."""
+        """Every species, grouped by group: the order of flat species indices."""
         return [s for g in self.groups for s in self.species[g]]
 
     def group_of(self) -> dict[str, str]:
         return {s: g for g in self.groups for s in self.species[g]}
 
+    @cached_property
+    def offsets(self) -> np.ndarray:
+        """Flat index of each group's first species; offsets[G] is the number of species."""
+        return np.concatenate([[0], np.cumsum([len(self.species[g]) for g in self.groups])]).astype(np.int64)
 
-def combine(parent_probs: np.ndarray, child_probs: dict[str, np.ndarray | None], hierarchy: Hierarchy) -> np.ndarray:
-    """N x total-species probabilities; a group whose child is None has one species with P = 1."""
-    columns = []
-    for index, group in enumerate(hierarchy.groups):
-        conditional = child_probs.get(group)
-        if conditional is None:
-            if len(hierarchy.species[group]) != 1:
-                raise ValueError(f"group {group!r} has {len(hierarchy.species[group])} species but no child model")
-            conditional = np.ones((len(parent_probs), 1))
-        columns.append(parent_probs[:, index : index + 1] * conditional)
-    return np.concatenate(columns, axis=1)
+    @cached_property
+    def species_group(self) -> np.ndarray:
+        """Group index of each flat species index."""
+        return np.repeat(np.arange(len(self.groups)), np.diff(self.offsets))
 
+    @cached_property
+    def species_index(self) -> dict[str, int]:
+        """Species name -> flat index."""
+        return {s: i for i, s in enumerate(self.flat_species)}
 
-def hierarchical_report(
-    parent_probs: np.ndarray,
-    child_probs: dict[str, np.ndarray | None],
-    true_species: list[str],
-    hierarchy: Hierarchy,
-) -> dict:
-    """End-to-end accuracy, split into routing errors (wrong group) and within-group errors."""
-    species = hierarchy.flat_species
-    index = {s: i for i, s in enumerate(species)}
-    labels = np.array([index[s] for s in true_species], dtype=np.int64)
-    probs = combine(parent_probs, child_probs, hierarchy)
-    group_of = hierarchy.group_of()
-    predicted = [species[i] for i in probs.argmax(axis=1)]
-    routed = [group_of[p] == group_of[t] for p, t in zip(predicted, true_species, strict=True)]
-    correct = [p == t for p, t in zip(predicted, true_species, strict=True)]
-    n = max(1, len(true_species))
-    report = classification_report(probs, labels, species)
-    return {
-        "n": len(true_species),
-        "top1_accuracy": report.accuracy,
-        "top5_accuracy": top_k_accuracy(probs, labels, 5),
-        "macro_f1": report.macro_f1,
-        "routing_errors": sum(1 for r in routed if not r),
-        "within_group_errors": sum(1 for r, c in zip(routed, correct, strict=True) if r and not c),
-        "routing_error_rate": sum(1 for r in routed if not r) / n,
-        "within_group_error_rate": sum(1 for r, c in zip(routed, correct, strict=True) if r and not c) / n,
-        "report": report,
-    }
+    def width(self, group: int) -> int:
+        """Number of species of group `group` (an index)."""
+        return int(self.offsets[group + 1] - self.offsets[group])

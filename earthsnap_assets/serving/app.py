@@ -1,7 +1,10 @@
 """The HTTP endpoint: `POST /predict`, `GET /health`, `/ready`, `/models`, `/stats` (Starlette, ASGI).
 
 A request reads the current bundle once, decodes and preprocesses its photo on a worker thread
-(`run_in_threadpool`, so the event loop keeps accepting), and awaits its share of a batched forward pass.
+(`run_in_threadpool`, so the event loop keeps accepting), and awaits its share of a batched forward pass:
+the parent on the whole batch, then each routed child once on the photos routed to it. The answer names
+the versions that computed it (`model_versions`: the parent and the children it ran). No Dagster here:
+the registry is read through `registry/client.py`.
 Every refusal is a JSON `{"error": ...}` with a 4xx status.
 """
 
@@ -18,7 +21,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from earthsnap_assets.resources.mlflow_registry import MlflowRegistry
+from earthsnap_assets.registry.client import RegistryClient, RegistryVerbs
 from earthsnap_assets.serving.batching import MicroBatcher
 from earthsnap_assets.serving.config import ServeConfig
 from earthsnap_assets.serving.deployment import Deployment
@@ -57,7 +60,7 @@ class Endpoint:
             return _error(400, "client disconnected before sending the whole body")
         prediction = await asyncio.wrap_future(future)
         answer = prediction.answer(top_k, config.confidence_threshold)
-        answer["model_versions"] = dict(bundle.versions)
+        answer["model_versions"] = prediction.versions()
         return JSONResponse(answer)
 
     async def health(self, request: Request) -> JSONResponse:
@@ -77,7 +80,10 @@ class Endpoint:
         return JSONResponse({**bundle.describe(), "problem": self.deployment.problem})
 
     async def stats(self, request: Request) -> JSONResponse:
-        return JSONResponse({**self.batcher.stats.as_dict(), "reloads": self.deployment.reloads})
+        deployment = self.deployment
+        body = {**self.batcher.stats.as_dict(), "reloads": deployment.reloads}
+        body.update(children=deployment.children.stats.as_dict(), routing=deployment.routing.as_dict())
+        return JSONResponse(body)
 
 
 async def _server_error(request: Request, exc: Exception) -> JSONResponse:
@@ -85,10 +91,10 @@ async def _server_error(request: Request, exc: Exception) -> JSONResponse:
     return _error(500, "internal error")
 
 
-def create_app(env: str, registry: MlflowRegistry | None = None, config: ServeConfig | None = None) -> Starlette:
+def create_app(env: str, registry: RegistryVerbs | None = None, config: ServeConfig | None = None) -> Starlette:
     """The endpoint serving `env`'s alias (staging | production); models load in the background at startup."""
     config = config or ServeConfig()
-    deployment = Deployment(env, registry or MlflowRegistry(), config)
+    deployment = Deployment(env, registry or RegistryClient(), config)
     batcher = MicroBatcher(config.max_batch, config.max_wait_ms / 1000.0)
     endpoint = Endpoint(deployment, batcher, config)
 

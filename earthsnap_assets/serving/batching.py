@@ -4,12 +4,16 @@ A forward pass of 16 small images costs little more than one of a single image, 
 batcher trades at most `max_wait_s` of latency for throughput. It waits only while other requests are
 announced (decoding their upload, see `expecting`): a lone request runs at once and pays no wait.
 Items are grouped by the model they were submitted with, so during a deployment swap a request still
-runs on the bundle it started with.
+runs on the bundle it started with. Inside one forward pass, the bundle splits the batch by route: the
+parent runs on every item, each routed child once on the items routed to it (`ml/routed.py`). A model
+may answer an item with a Future (a photo waiting for a child that is still loading): the item's future
+completes when that one does, and the worker goes on with the next batch meanwhile.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -20,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
+
+from earthsnap_assets.ml.memory import release_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +143,8 @@ class MicroBatcher:
                 by_model.setdefault(id(entry[0]), []).append(entry)
             for entries in by_model.values():
                 self._forward(entries)
+            if not self._queue:  # idle: give the batch's freed memory back to the OS (ml/memory.py)
+                release_freed_memory()
 
     def _forward(self, entries: list[tuple[BatchModel, torch.Tensor, Future]]) -> None:
         """One forward pass for items of one model; a failure fails those futures, never the worker."""
@@ -154,4 +162,16 @@ class MicroBatcher:
         self.stats.items += len(entries)
         self.stats.largest_batch = max(self.stats.largest_batch, len(entries))
         for (_, _, future), result in zip(entries, results, strict=True):
-            future.set_result(result)
+            if isinstance(result, Future):  # answered later (the model waits for something): pass it on
+                result.add_done_callback(functools.partial(_pass_on, future))
+            else:
+                future.set_result(result)
+
+
+def _pass_on(target: Future, source: Future) -> None:
+    """Complete `target` as `source` completed."""
+    exception = source.exception()
+    if exception is not None:
+        target.set_exception(exception)
+    else:
+        target.set_result(source.result())

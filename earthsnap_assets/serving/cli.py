@@ -7,9 +7,11 @@ import os
 
 import click
 
+from earthsnap_assets.ml.routing import RoutingConfig
 from earthsnap_assets.serving.config import ENVIRONMENTS, ServeConfig
 
 DEFAULTS = ServeConfig()
+ROUTING = DEFAULTS.routing
 
 
 @click.command("serve")
@@ -24,6 +26,13 @@ DEFAULTS = ServeConfig()
 @click.option("--max-bytes", default=DEFAULTS.max_bytes, show_default=True, help="largest accepted upload")
 @click.option("--max-batch", default=DEFAULTS.max_batch, show_default=True)
 @click.option("--max-wait-ms", default=DEFAULTS.max_wait_ms, show_default=True, type=float)
+@click.option("--route-min-groups", default=ROUTING.min_groups, show_default=True, help="groups a photo always expands")
+@click.option("--route-mass", default=ROUTING.mass, show_default=True, help="expand until P(groups) reaches this")
+@click.option("--route-max-groups", default=ROUTING.max_groups, show_default=True, help="most groups a photo expands")
+@click.option("--cache-max-children", default=DEFAULTS.cache_max_children, show_default=True, type=int)
+@click.option("--cache-max-bytes", default=None, type=int, help="bound on loaded children's weights (bytes)")
+@click.option("--preload-group", "preload_groups", multiple=True, help="load this group's child before serving")
+@click.option("--preload-most-requested", default=DEFAULTS.preload_most_requested, show_default=True)
 @click.option("--access-log/--no-access-log", default=False, show_default=True, help="one log line per request")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"]))
 def serve(
@@ -36,6 +45,13 @@ def serve(
     max_bytes: int,
     max_batch: int,
     max_wait_ms: float,
+    route_min_groups: int,
+    route_mass: float,
+    route_max_groups: int,
+    cache_max_children: int,
+    cache_max_bytes: int | None,
+    preload_groups: tuple[str, ...],
+    preload_most_requested: int,
     access_log: bool,
     log_level: str,
 ) -> None:
@@ -54,6 +70,11 @@ def serve(
             max_bytes=max_bytes,
             max_batch=max_batch,
             max_wait_ms=max_wait_ms,
+            routing=RoutingConfig(min_groups=route_min_groups, mass=route_mass, max_groups=route_max_groups),
+            cache_max_children=cache_max_children,
+            cache_max_bytes=cache_max_bytes,
+            preload_groups=tuple(preload_groups),
+            preload_most_requested=preload_most_requested,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc

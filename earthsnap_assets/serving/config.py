@@ -5,21 +5,28 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from earthsnap_assets.ml.quality import QualityRules
+from earthsnap_assets.ml.routing import RoutingConfig
+from earthsnap_assets.registry import names
 
-ENVIRONMENTS = ("staging", "production")  # each one is served from the MLflow alias of the same name
+ENVIRONMENTS = names.ALIASES  # each one is served from the MLflow alias of the same name
 
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """How the endpoint finds its models, batches forward passes and refuses bad uploads.
+    """How the endpoint finds its models, routes and batches forward passes, holds children, refuses bad uploads.
 
     `model_prefix` names the registered models (`<prefix>parent`, `<prefix>child-<group>`); tests use a
     unique prefix so they never touch the pipeline's own models on a shared MLflow.
+    `routing` decides which children a photo costs (`ml/routing.py`). Children load on first use into a
+    cache of at most `cache_max_children` networks and/or `cache_max_bytes` of weights (least recently used
+    go first), so a replica's memory follows these settings, not the number of groups. Before a new
+    deployment is swapped in, the children of `preload_groups` and of the `preload_most_requested` groups
+    requested most so far are loaded, so an alias move does not turn hot groups cold.
     `rules` are data QA's per-image rules: a photo the training pipeline would reject for its format, its
     pixel count (decompression bombs) or its size is refused by the endpoint too.
     """
 
-    model_prefix: str = "earthsnap-"
+    model_prefix: str = names.DEFAULT_PREFIX
     poll_interval_s: float = 2.0  # how often the alias versions are checked for a move
     retry_failed_s: float = 60.0  # a set of versions that failed to load is tried again only after this
     max_batch: int = 16  # most items in one forward pass
@@ -28,6 +35,11 @@ class ServeConfig:
     confidence_threshold: float = 0.5  # child's top P(species | group) below this -> answer at group level
     default_top_k: int = 5
     max_top_k: int = 100
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    cache_max_children: int | None = 128  # ~2 MB each for the demo's networks; see README "Children on demand"
+    cache_max_bytes: int | None = None
+    preload_groups: tuple[str, ...] = ()
+    preload_most_requested: int = 8
     rules: QualityRules = field(default_factory=QualityRules)
 
     def __post_init__(self) -> None:
@@ -39,13 +51,19 @@ class ServeConfig:
             raise ValueError("confidence_threshold must be within [0, 1]")
         if not 1 <= self.default_top_k <= self.max_top_k:
             raise ValueError("default_top_k must be within [1, max_top_k]")
+        if self.cache_max_children is not None and self.cache_max_children < 1:
+            raise ValueError("cache_max_children must be at least 1 (or None)")
+        if self.cache_max_bytes is not None and self.cache_max_bytes < 1:
+            raise ValueError("cache_max_bytes must be positive (or None)")
+        if self.preload_most_requested < 0:
+            raise ValueError("preload_most_requested must be >= 0")
 
     @property
     def parent_name(self) -> str:
-        return f"{self.model_prefix}parent"
+        return names.parent_name(self.model_prefix)
 
     def child_name(self, group: str) -> str:
-        return f"{self.model_prefix}child-{group}"
+        return names.child_name(group, self.model_prefix)
 
 
 def alias_for(env: str) -> str:

@@ -1,8 +1,11 @@
-"""Which bundle answers now: a poller follows the alias and swaps in a fully loaded bundle when it moves.
+"""Which bundle answers now: a poller follows the alias and swaps in a fully built bundle when it moves.
 
 The swap is one reference assignment (atomic in Python): a request reads `current` once and keeps that
 bundle to the end, so requests in flight during a swap finish on the old bundle and none fail. A bundle
-that cannot be loaded leaves the old one serving; the same versions are retried after `retry_failed_s`.
+that cannot be built leaves the old one serving; the same versions are retried after `retry_failed_s`.
+Children are held by one size-bounded cache for all bundles (keyed by name and version) and loaded when
+first routed to, on a small loader pool, so a photo waiting for a cold child never holds up the others;
+before a swap, the most requested groups' children of the new bundle are loaded.
 """
 
 from __future__ import annotations
@@ -11,11 +14,14 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
 
-from earthsnap_assets.resources.mlflow_registry import MlflowRegistry
+from earthsnap_assets.ml.model_cache import ModelCache
+from earthsnap_assets.registry import names
+from earthsnap_assets.registry.client import RegistryVerbs
 from earthsnap_assets.serving.config import ServeConfig, alias_for
-from earthsnap_assets.serving.models import LoadedModels, NotDeployable, load, resolve
+from earthsnap_assets.serving.models import ChildKey, LoadedModels, RoutingStats, load, load_network
+from earthsnap_assets.serving.resolve import NotDeployable, RegistryReader
 
 log = logging.getLogger(__name__)
 
@@ -23,16 +29,21 @@ log = logging.getLogger(__name__)
 class Deployment:
     """The `LoadedModels` of one environment's alias, kept current by a background poller."""
 
-    def __init__(self, env: str, registry: MlflowRegistry, config: ServeConfig) -> None:
+    def __init__(self, env: str, registry: RegistryVerbs, config: ServeConfig) -> None:
         self.env = env
         self.alias = alias_for(env)
         self.registry = registry
         self.config = config
+        self.reader = RegistryReader(registry, config)
+        self.children: ModelCache[ChildKey] = ModelCache(
+            self._load_child, max_models=config.cache_max_children, max_bytes=config.cache_max_bytes
+        )
+        self.routing = RoutingStats()
+        self.loader = ThreadPoolExecutor(2, thread_name_prefix=f"earthsnap-children-{env}")  # cold children
         self.problem: str | None = "models not loaded yet"
         self.reloads = 0
         self._current: LoadedModels | None = None
         self._failed: tuple[Mapping[str, str], float] | None = None
-        self._client: Any = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -52,30 +63,58 @@ class Deployment:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        self.loader.shutdown(wait=False, cancel_futures=True)
 
     def refresh(self) -> bool:
-        """One poll: load and swap in the alias's versions if they differ from the current ones."""
-        if self._client is None:
-            self._client = self.registry.client
-        resolved = resolve(self._client, self.config, self.alias)
-        if resolved is None:
+        """One poll: build and swap in the alias's versions if they differ from the current ones."""
+        versions = self.reader.versions(self.alias)
+        if versions is None:
             self._report(f"{self.config.parent_name} has no alias {self.alias!r}")
             return False
         current = self._current
-        if current is not None and dict(current.versions) == dict(resolved.versions):
+        if current is not None and dict(current.versions) == versions:
             return False
-        if self._recently_failed(resolved.versions):
+        if self._recently_failed(versions):
             return False
         try:
-            bundle = load(self.registry, resolved, self.env, self.alias)
+            resolved = self.reader.resolve(versions)
+            bundle = load(
+                self.registry,
+                resolved,
+                self.env,
+                self.alias,
+                cache=self.children,
+                config=self.config,
+                stats=self.routing,
+                loader=self.loader,
+                previous=current,
+            )
         except Exception:
-            self._failed = (dict(resolved.versions), time.monotonic())
+            self._failed = (versions, time.monotonic())
             raise
+        self._preload(bundle)
         self._current = bundle
         self._failed, self.problem = None, None
         self.reloads += 1
-        log.info("%s now serves %s", self.env, dict(bundle.versions))
+        log.info("%s now serves %s (%d children loaded on demand)", self.env, _short(versions), len(bundle.children))
         return True
+
+    def _preload(self, bundle: LoadedModels) -> None:
+        """Load the configured and the most requested groups' children before the bundle answers."""
+        wanted = [*self.config.preload_groups, *self.routing.most_requested(self.config.preload_most_requested)]
+        groups = [g for g in dict.fromkeys(wanted) if g in bundle.children]
+        self.children.preload(bundle.child_key(g) for g in groups)
+
+    def _load_child(self, key: ChildKey) -> object:
+        name, version = key
+        image_size = int(self.reader.tags(name, version).get(names.IMAGE_SIZE, 0)) or self._image_size()
+        return load_network(self.registry, name, version, image_size)
+
+    def _image_size(self) -> int:
+        current = self._current
+        if current is None:
+            raise NotDeployable("a child was requested before any bundle was loaded")
+        return current.image_size
 
     def _recently_failed(self, versions: Mapping[str, str]) -> bool:
         """These versions failed to load within `retry_failed_s`: do not download them again yet."""
@@ -98,3 +137,9 @@ class Deployment:
             except Exception as exc:
                 self._report(f"polling or loading models failed: {exc}", exc_info=True)
             self._stop.wait(self.config.poll_interval_s)
+
+
+def _short(versions: Mapping[str, str], show: int = 5) -> str:
+    """A log-sized view of hundreds of versions."""
+    items = [f"{name} v{version}" for name, version in versions.items()]
+    return ", ".join(items[:show]) + (f" and {len(items) - show} more" if len(items) > show else "")

@@ -1,114 +1,189 @@
-"""The parent + child models one alias points to, loaded as one immutable bundle.
+"""The models one alias points to, as one immutable bundle: the parent loaded, children fetched when routed to.
 
-A bundle is built completely (downloaded, checked, warmed up) before anyone sees it, and never changes
-afterwards: swapping deployments is replacing one reference, and a request keeps the bundle it started
-with. Versions are resolved once from the alias and then loaded by number, so a bundle is exactly the
-versions it reports even if the alias moves while it loads.
+A bundle is built (parent downloaded, checked, warmed up; every version's tags checked) before anyone
+sees it, and never changes afterwards: swapping deployments is replacing one reference, and a request
+keeps the bundle it started with. Children live in a cache shared by successive bundles and keyed by
+(registered name, version), so a bundle can only ever run the child versions it reports, and a child whose
+version did not move stays loaded across an alias move of another model.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import threading
+from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cached_property
-from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 import torch
 
-from earthsnap_assets.ml.hierarchy import Hierarchy, combine
-from earthsnap_assets.resources.mlflow_registry import MlflowRegistry
+from earthsnap_assets.ml.hierarchy import Hierarchy
+from earthsnap_assets.ml.model_cache import ModelCache
+from earthsnap_assets.ml.routed import RoutedBatch, RoutedClassifier
+from earthsnap_assets.ml.routing import Routes, back_off
+from earthsnap_assets.registry import names
+from earthsnap_assets.registry.client import RegistryVerbs
 from earthsnap_assets.serving.config import ServeConfig
+from earthsnap_assets.serving.resolve import NotDeployable, Resolved
 
 log = logging.getLogger(__name__)
 
+ChildKey = tuple[str, str]  # (registered name, version)
 
-class NotDeployable(Exception):
-    """The alias points to versions that cannot be served together (missing child, label mismatch...)."""
+
+@dataclass
+class RoutingStats:
+    """What routing cost so far: photos, children run, and which groups photos were routed to."""
+
+    photos: int = 0
+    groups_expanded: int = 0
+    child_forward_passes: int = 0
+    child_items: int = 0
+    unexpanded_mass_sum: float = 0.0
+    requests_by_group: Counter = field(default_factory=Counter)  # group -> photos that expanded it
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def record(self, batch: RoutedBatch, groups: list[str]) -> None:
+        """Count one routed batch (the batcher's worker thread; the deployment thread reads the counter)."""
+        with self.lock:
+            self._record(batch, groups)
+
+    def _record(self, batch: RoutedBatch, groups: list[str]) -> None:
+        routes = batch.routes
+        self.photos += len(batch)
+        self.groups_expanded += int(routes.counts.sum())
+        self.unexpanded_mass_sum += float(routes.unexpanded_mass.sum())
+        self.child_forward_passes += len(batch.children_run)
+        self.child_items += sum(batch.children_run.values())
+        for group, rows in routes.rows_by_group().items():
+            self.requests_by_group[groups[group]] += len(rows)
+
+    def most_requested(self, n: int) -> list[str]:
+        with self.lock:
+            return [group for group, _ in self.requests_by_group.most_common(n)]
+
+    def as_dict(self) -> dict[str, Any]:
+        with self.lock:
+            return self._as_dict()
+
+    def _as_dict(self) -> dict[str, Any]:
+        photos = max(1, self.photos)
+        return {
+            "photos": self.photos,
+            "groups_expanded": self.groups_expanded,
+            "mean_groups_expanded": round(self.groups_expanded / photos, 4),
+            "mean_unexpanded_mass": round(self.unexpanded_mass_sum / photos, 6),
+            "child_forward_passes": self.child_forward_passes,
+            "child_items": self.child_items,
+            "most_requested_groups": dict(self.requests_by_group.most_common(10)),
+        }
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """One photo's probabilities: P(group), P(species | group) and P(species), species in flat order."""
+    """One photo's routed prediction, with the bundle that made it (labels, versions)."""
 
-    group_probs: np.ndarray
-    conditional: np.ndarray
-    species_probs: np.ndarray
-    hierarchy: Hierarchy
-    species_groups: tuple[str, ...]  # group of each flat species
-    undeployed: frozenset[str] = frozenset()  # groups whose child has no version at this alias yet
+    bundle: LoadedModels
+    batch: RoutedBatch
+    row: int
 
     def answer(self, top_k: int, threshold: float) -> dict[str, Any]:
-        """The JSON answer: best species, or its group alone when the child is unsure (below threshold)."""
-        order = np.argsort(-self.species_probs, kind="stable")
-        species = self.hierarchy.flat_species
-        best = int(order[0])
-        group = self.species_groups[best]
+        """The JSON answer: best species, or its group alone when the child is unsure or not deployed.
+
+        Probabilities are joint, P(group) x P(species | group), over the groups this photo expanded;
+        `unexpanded_mass` is the parent's probability of every other group, which no species claims.
+        """
+        hierarchy, top, i = self.bundle.hierarchy, self.batch.top, self.row
+        parent_probs, flat = self.batch.parent_probs[i], hierarchy.flat_species
+
+        def group_of(species: int) -> int:
+            return int(hierarchy.species_group[species])
+
         ranked = [
-            {"species": species[i], "group": self.species_groups[i], "probability": float(self.species_probs[i])}
-            for i in order[:top_k]
-        ]
-        body: dict[str, Any] = {"species": species[best], "group": group, "probability": ranked[0]["probability"]}
-        body.update(level="species", note=None)
-        confidence = float(self.conditional[best])
-        if group in self.undeployed:
-            body.update(
-                species=None,
-                level="group",
-                probability=float(self.group_probs[self.hierarchy.groups.index(group)]),
-                note=f"no species model for {group} is deployed at this alias yet: answering at group level",
-            )
-        elif confidence < threshold:
-            body.update(
-                species=None,
-                level="group",
-                probability=float(self.group_probs[self.hierarchy.groups.index(group)]),
-                note=f"unsure of the species within {group}: P(species | group) = {confidence:.3f} < {threshold}",
-            )
-        body["top_k"] = ranked
-        return body
+            {"species": flat[s], "group": hierarchy.groups[group_of(s)], "probability": float(p)}
+            for s, p in zip(top.species[i], top.joint[i], strict=True)
+            if s >= 0
+        ][:top_k]
+        best = int(top.species[i, 0])
+        group = hierarchy.groups[group_of(best)]
+        deployed = hierarchy.width(group_of(best)) == 1 or group in self.bundle.children
+        decision = back_off(float(top.conditional[i, 0]), group, threshold, deployed)
+        at_group_level = decision.level == "group"
+        return {
+            "species": None if at_group_level else flat[best],
+            "group": group,
+            "probability": float(parent_probs[group_of(best)]) if at_group_level else ranked[0]["probability"],
+            "level": decision.level,
+            "note": decision.reason,
+            "top_k": ranked,
+            "groups_evaluated": [
+                {"group": hierarchy.groups[g], "probability": float(parent_probs[g])}
+                for g in self.batch.routes.groups_of(i)
+            ],
+            "unexpanded_mass": float(self.batch.routes.unexpanded_mass[i]),
+        }
+
+    def versions(self) -> dict[str, str]:
+        """The versions that computed this answer: the parent and the children of the groups it expanded."""
+        bundle = self.bundle
+        used = {bundle.parent_name: bundle.versions[bundle.parent_name]}
+        for g in self.batch.routes.groups_of(self.row):
+            child = bundle.children.get(bundle.hierarchy.groups[g])
+            if child is not None:
+                used[child] = bundle.versions[child]
+        return used
 
 
 @dataclass(frozen=True)
 class LoadedModels:
-    """An alias's parent and children, ready to predict; immutable once built."""
+    """An alias's parent (loaded) and children (loaded on demand), ready to predict; immutable once built."""
 
     env: str
     alias: str
-    versions: Mapping[str, str]  # registered name -> version, parent first
+    versions: Mapping[str, str]  # registered name -> version, parent first, then the deployed children
     hierarchy: Hierarchy
     image_size: int
     dataset_version: str
     loaded_at: str
-    parent: torch.nn.Module
-    children: Mapping[str, torch.nn.Module]  # group -> child; one-species groups have none
-    undeployed: frozenset[str] = frozenset()  # multi-species groups without a child at this alias
+    classifier: RoutedClassifier
+    children: Mapping[str, str]  # group -> registered child name, for groups whose child is at the alias
+    undeployed: frozenset[str]  # multi-species groups without a child at this alias
+    stats: RoutingStats
+    cache: ModelCache[ChildKey]
+    loader: Executor  # where photos that wait for a cold child are finished
 
-    def predict(self, batch: torch.Tensor) -> list[Prediction]:
-        """N x 3 x S x S inputs -> N predictions, in one forward pass of the parent and of each child."""
-        with torch.inference_mode():
-            parent = torch.softmax(self.parent(batch), dim=1).numpy()
-            child = {g: torch.softmax(m(batch), dim=1).numpy() for g, m in self.children.items()}
-        for group in self.undeployed:  # no child yet: spread P(group) evenly over its species
-            width = len(self.hierarchy.species[group])
-            child[group] = np.full((len(batch), width), 1.0 / width)
-        conditional = combine(np.ones_like(parent), child, self.hierarchy)
-        joint = combine(parent, child, self.hierarchy)
-        groups = self.species_groups
-        return [
-            Prediction(parent[i], conditional[i], joint[i], self.hierarchy, groups, self.undeployed)
-            for i in range(len(batch))
-        ]
+    @property
+    def parent_name(self) -> str:
+        return next(iter(self.versions))
 
-    @cached_property
-    def species_groups(self) -> tuple[str, ...]:
-        """The group of each species, in flat (output) order."""
-        group_of = self.hierarchy.group_of()
-        return tuple(group_of[s] for s in self.hierarchy.flat_species)
+    def child_key(self, group: str) -> ChildKey:
+        name = self.children[group]
+        return name, self.versions[name]
+
+    def predict(self, batch: torch.Tensor) -> list[Prediction | Future]:
+        """N x 3 x S x S inputs -> N predictions: one parent pass, then one pass per routed child.
+
+        A photo routed to a child that is not loaded yet does not hold up the others: its answer is a
+        Future, finished on the loader pool once the child is loaded (once, however many photos wait for it).
+        """
+        parent_probs, routes = self.classifier.route(batch)
+        waiting = self._waiting(routes)
+        answers: list[Prediction | Future] = [None] * len(batch)  # type: ignore[list-item]
+        ready = np.flatnonzero(~waiting)
+        if len(ready):
+            for row, prediction in zip(ready, self._finish(batch, parent_probs, routes, ready), strict=True):
+                answers[row] = prediction
+        later = np.flatnonzero(waiting)
+        if len(later):  # on the loader pool: each cold child loads when its group's turn comes, once
+            futures = [Future() for _ in later]
+            self.loader.submit(self._finish_later, batch, parent_probs, routes, later, futures)
+            for row, future in zip(later, futures, strict=True):
+                answers[row] = future
+        return answers
 
     def describe(self) -> dict[str, Any]:
         """What `/models` shows."""
@@ -121,97 +196,102 @@ class LoadedModels:
             "image_size": self.image_size,
             "loaded_at": self.loaded_at,
             "groups_without_species_model": sorted(self.undeployed),
+            "routing": self.classifier.routing.as_dict(),
         }
 
+    def _waiting(self, routes: Routes) -> np.ndarray:
+        """Which photos are routed to a child that is not in memory."""
+        groups = self.hierarchy.groups
+        deployed = [g for g in routes.rows_by_group() if groups[g] in self.children]
+        cold = [g for g in deployed if self.child_key(groups[g]) not in self.cache]
+        expanded = np.arange(routes.order.shape[1])[None, :] < routes.counts[:, None]
+        return (np.isin(routes.order, cold) & expanded).any(axis=1)
 
-@dataclass(frozen=True)
-class Resolved:
-    """What an alias points to right now: versions and their tags, nothing downloaded yet."""
+    def _finish(self, batch: torch.Tensor, parent_probs: np.ndarray, routes: Routes, rows: np.ndarray) -> list:
+        rows_t = torch.from_numpy(rows)
+        routed = self.classifier.finish(batch[rows_t], parent_probs[rows], routes.take(rows))
+        self.stats.record(routed, self.hierarchy.groups)
+        return [Prediction(self, routed, i) for i in range(len(rows))]
 
-    versions: Mapping[str, str]
-    tags: Mapping[str, Mapping[str, str]]  # registered name -> version tags
-    groups: Mapping[str, str | None]  # group -> child registered name, None for a one-species group
-    undeployed: frozenset[str] = frozenset()  # groups whose child has no version at the alias yet
-
-
-def resolve(client: Any, config: ServeConfig, alias: str) -> Resolved | None:
-    """The versions behind `alias` (a few cheap registry calls), or None when the parent has no such alias."""
-    from mlflow.exceptions import MlflowException
-
-    def by_alias(name: str) -> Any:
+    def _finish_later(
+        self, batch: torch.Tensor, parent_probs: np.ndarray, routes: Routes, rows: np.ndarray, futures: list[Future]
+    ) -> None:
         try:
-            return client.get_model_version_by_alias(name, alias)
-        except MlflowException as exc:  # a missing model or alias is an answer; a server problem is not
-            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-                return None
-            raise
-
-    parent = by_alias(config.parent_name)
-    if parent is None:
-        return None
-    try:
-        group_species = json.loads(parent.tags["group_species"])
-        parent_groups = parent.tags["classes"].split(",")
-    except (KeyError, ValueError) as exc:
-        raise NotDeployable(f"{config.parent_name} v{parent.version} lacks a valid tag: {exc!r}") from exc
-    versions, tags = {parent.name: str(parent.version)}, {parent.name: dict(parent.tags)}
-    groups: dict[str, str | None] = {}
-    undeployed: set[str] = set()
-    for group in parent_groups:
-        if len(group_species.get(group, [])) == 1:
-            groups[group] = None
-            continue
-        child = by_alias(config.child_name(group))
-        if child is None:  # serve the group level until its child is deployed
-            groups[group] = None
-            undeployed.add(group)
-            continue
-        versions[child.name], tags[child.name] = str(child.version), dict(child.tags)
-        groups[group] = child.name
-    return Resolved(MappingProxyType(versions), MappingProxyType(tags), MappingProxyType(groups), frozenset(undeployed))
+            predictions = self._finish(batch, parent_probs, routes, rows)
+        except BaseException as exc:
+            log.exception("%d photos waiting for a child failed", len(rows))
+            for future in futures:
+                future.set_exception(exc)
+            return
+        for future, prediction in zip(futures, predictions, strict=True):
+            future.set_result(prediction)
 
 
-def _hierarchy(resolved: Resolved, parent_tags: Mapping[str, str]) -> Hierarchy:
-    """Groups in parent output order, species in each child's output order; checks they agree."""
-    group_species = json.loads(parent_tags["group_species"])
-    species: dict[str, list[str]] = {}
-    for group, child in resolved.groups.items():
-        expected = list(group_species.get(group, []))
-        species[group] = expected if child is None else resolved.tags[child]["classes"].split(",")
-        if sorted(species[group]) != sorted(expected):
-            raise NotDeployable(f"{child} classes {species[group]} != parent's species of {group!r}: {expected}")
-    return Hierarchy(groups=list(resolved.groups), species=species)
-
-
-def load(registry: MlflowRegistry, resolved: Resolved, env: str, alias: str) -> LoadedModels:
-    """Download every version by number, check output sizes and image sizes, warm up: a bundle ready to serve."""
-    parent_name = next(iter(resolved.versions))
-    parent_tags = resolved.tags[parent_name]
-    hierarchy = _hierarchy(resolved, parent_tags)
-    image_size = int(parent_tags["image_size"])
-    for name, tags in resolved.tags.items():
-        if int(tags.get("image_size", image_size)) != image_size:
-            raise NotDeployable(f"{name} v{resolved.versions[name]} expects {tags['image_size']} px, not {image_size}")
-        if tags.get("dataset_version") != parent_tags.get("dataset_version"):
-            log.warning("%s v%s was trained on another dataset version than the parent", name, resolved.versions[name])
-    models = {name: registry.load_model(f"models:/{name}/{version}") for name, version in resolved.versions.items()}
-    probe = torch.zeros(2, 3, image_size, image_size)
-    sizes = {parent_name: len(hierarchy.groups)}
-    sizes.update({child: len(hierarchy.species[g]) for g, child in resolved.groups.items() if child})
+def load_network(registry: RegistryVerbs, name: str, version: str, image_size: int) -> torch.nn.Module:
+    """Download a version by number and warm it up (first calls allocate)."""
+    model = registry.load_model(f"models:/{name}/{version}")
     with torch.inference_mode():
-        for name, model in models.items():
-            width, expected = model(probe).shape[-1], sizes[name]
-            if width != expected:
-                raise NotDeployable(f"{name} v{resolved.versions[name]} outputs {width} classes, expected {expected}")
+        model(torch.zeros(1, 3, image_size, image_size))
+    return model
+
+
+def load(
+    registry: RegistryVerbs,
+    resolved: Resolved,
+    env: str,
+    alias: str,
+    cache: ModelCache[ChildKey],
+    config: ServeConfig,
+    stats: RoutingStats,
+    loader: Executor,
+    previous: LoadedModels | None = None,
+) -> LoadedModels:
+    """A bundle ready to serve: the parent downloaded (or kept, when its version did not move) and checked.
+
+    Children are not downloaded here: the bundle looks them up in `cache` by (name, version) when a photo
+    is routed to them.
+    """
+    parent_name = resolved.parent_name
+    parent_version = resolved.versions[parent_name]
+    parent_tags = resolved.tags[parent_name]
+    image_size = int(parent_tags[names.IMAGE_SIZE])
+    same_parent = previous is not None and previous.versions.get(parent_name) == parent_version
+    if same_parent and previous.image_size == image_size:
+        parent = previous.classifier.parent
+    else:
+        parent = load_network(registry, parent_name, parent_version, image_size)
+    with torch.inference_mode():
+        width = parent(torch.zeros(2, 3, image_size, image_size)).shape[-1]
+    if width != len(resolved.hierarchy.groups):
+        raise NotDeployable(
+            f"{parent_name} v{parent_version} outputs {width} groups, its tags list {len(resolved.hierarchy.groups)}"
+        )
+    versions = resolved.versions
+
+    def child(group: str) -> torch.nn.Module:
+        name = resolved.children[group]
+        return cache.get((name, versions[name]))
+
+    classifier = RoutedClassifier(
+        parent=parent,
+        hierarchy=resolved.hierarchy,
+        child=child,
+        deployed=frozenset(resolved.children),
+        routing=config.routing,
+        keep=config.max_top_k,
+    )
     return LoadedModels(
         env=env,
         alias=alias,
-        versions=resolved.versions,
-        hierarchy=hierarchy,
+        versions=versions,
+        hierarchy=resolved.hierarchy,
         image_size=image_size,
-        dataset_version=parent_tags.get("dataset_version", ""),
+        dataset_version=parent_tags.get(names.DATASET_VERSION, ""),
         loaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        parent=models[parent_name],
-        children=MappingProxyType({g: models[child] for g, child in resolved.groups.items() if child}),
+        classifier=classifier,
+        children=resolved.children,
         undeployed=resolved.undeployed,
+        stats=stats,
+        cache=cache,
+        loader=loader,
     )

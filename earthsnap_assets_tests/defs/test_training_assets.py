@@ -1,7 +1,5 @@
 """Tuning, training, evaluation and registration materialized in-process on the real stack (tiny models)."""
 
-import json
-
 import pytest
 from mlflow import MlflowClient
 
@@ -23,7 +21,8 @@ def test_new_groups_become_partitions_and_everything_trains_and_registers(traine
     assert version.tags["dataset_version"] == _meta(results["data"]["fan_in"], "dataset_version")["dataset_version"]
     assert float(version.tags["test_accuracy"]) >= 0.0 and version.tags["code_version"]
     assert version.tags["classes"].split(",") == sorted(groups)
-    assert sorted(json.loads(version.tags["group_species"])) == sorted(groups)
+    assert sorted(lake.registry.group_species(version.tags)) == sorted(groups)  # the mapping artifact
+    assert version.tags["group_species_groups"] == str(len(groups)) and "group_species" not in version.tags
 
     solo = results["children"]["solo"]
     assert _meta(solo, "child_model", "solo")["single_species"] is True
@@ -37,6 +36,8 @@ def test_new_groups_become_partitions_and_everything_trains_and_registers(traine
     hierarchy = _meta(results["hierarchy"], "hierarchical_evaluation")
     assert "hierarchical (parent → child)" in hierarchy["comparison"]
     assert hierarchy["routing_errors"] + hierarchy["within_group_errors"] <= 1000
+    assert 0.0 <= hierarchy["full_top1_accuracy"] <= 1.0 and hierarchy["mean_groups_expanded"] >= 1.0
+    assert hierarchy["routing_cost"]["images"] > 0  # routed vs every child, on the same test photos
     run = client.get_run(hierarchy["mlflow_run_id"])
     assert "hierarchical_top1_accuracy" in run.data.metrics and "flat_top1_accuracy" in run.data.metrics
 

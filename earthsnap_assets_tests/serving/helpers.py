@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,13 +18,25 @@ import requests
 import torch
 from PIL import Image
 
-from earthsnap_assets.resources.mlflow_registry import MlflowRegistry
+from earthsnap_assets.registry.client import RegistryClient
 from earthsnap_assets.serving.config import ServeConfig
 from earthsnap_assets.serving.local import serving_in_thread
 from earthsnap_assets.stack.ports import free_port
 from earthsnap_assets_tests.polling import wait_until
 
 __all__ = ["free_port", "wait_until"]  # re-exported for the serving tests
+
+# Run first in a subprocess, it makes `import dagster` fail as it would in an image without the orchestrator.
+WITHOUT_DAGSTER = """
+import sys
+
+class NoDagster:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "dagster" or name.startswith("dagster_"):
+            raise ImportError(f"{name}: the serving endpoint must not import Dagster")
+
+sys.meta_path.insert(0, NoDagster())
+"""
 
 IMAGE_SIZE = 64
 GROUP_SPECIES = {"birds": ["robin"], "flowers": ["rose", "tulip"], "insects": ["moth", "bee", "ant"]}
@@ -63,28 +75,37 @@ def insects_model() -> MeanColor:
 class TinyModels:
     """Registered models under a prefix unique to this test session, on the stack's MLflow."""
 
-    registry: MlflowRegistry
+    registry: RegistryClient
     prefix: str
 
     @classmethod
     def create(cls) -> TinyModels:
         suffix = uuid.uuid4().hex[:8]
-        return cls(MlflowRegistry(experiment=f"serving-tests-{suffix}"), f"test-{suffix}-earthsnap-")
+        return cls(RegistryClient(experiment=f"serving-tests-{suffix}"), f"test-{suffix}-earthsnap-")
 
     def config(self, **overrides: object) -> ServeConfig:
         values: dict = {"model_prefix": self.prefix, "poll_interval_s": 0.2, "max_bytes": 200_000}
         return ServeConfig(**{**values, **overrides})
 
-    def register(self, name: str, model: torch.nn.Module, classes: list[str], **tags: str) -> str:
-        """Log `model` in pt2 format and register it as a new version of `<prefix><name>`."""
+    def register(
+        self,
+        name: str,
+        model: torch.nn.Module,
+        classes: list[str],
+        mapping: dict[str, list[str]] | None = None,
+        **tags: str,
+    ) -> str:
+        """Log `model` in pt2 format and register it as a new version of `<prefix><name>` (a parent: with `mapping`)."""
         example = np.zeros((2, 3, IMAGE_SIZE, IMAGE_SIZE), np.float32)
         with self.registry.run(name) as run_id:
             uri = self.registry.log_model(run_id, model, example, {"classes": classes})
+            if mapping is not None:
+                tags = {**tags, **self.registry.log_group_species(run_id, mapping)}
         all_tags = {"classes": ",".join(classes), "image_size": str(IMAGE_SIZE), "dataset_version": "test", **tags}
         return self.registry.register(uri, self.prefix + name, run_id, all_tags)
 
     def register_parent(self) -> str:
-        return self.register("parent", parent_model(), list(GROUP_SPECIES), group_species=json.dumps(GROUP_SPECIES))
+        return self.register("parent", parent_model(), list(GROUP_SPECIES), mapping=GROUP_SPECIES)
 
     def register_flowers(self, favourite: int = 0) -> str:
         return self.register("child-flowers", flowers_model(favourite), GROUP_SPECIES["flowers"], group="flowers")
@@ -93,9 +114,34 @@ class TinyModels:
         return self.register("child-insects", insects_model(), GROUP_SPECIES["insects"], group="insects")
 
     def set_alias(self, alias: str, versions: dict[str, str]) -> None:
-        """Point `alias` of each `<prefix><name>` at a version."""
-        for name, version in versions.items():
-            self.registry.client.set_registered_model_alias(self.prefix + name, alias, version)
+        """Point `alias` of each `<prefix><name>` at a version (a few at a time: wide hierarchies have hundreds)."""
+        client = self.registry.client
+        with ThreadPoolExecutor(8) as pool:
+            list(
+                pool.map(
+                    lambda nv: client.set_registered_model_alias(self.prefix + nv[0], alias, nv[1]), versions.items()
+                )
+            )
+
+    def deploy_wide(self, alias: str, groups: int, first: int, second: int) -> dict[str, str]:
+        """A parent over `groups` two-species groups, sure of group `first` (P = 0.974, then `second` at 0.018),
+        and one child per group, all registered from one logged tiny network; `alias` points at all of them."""
+        mapping = wide_mapping(groups)
+        bias = np.zeros(groups)
+        bias[first], bias[second] = 10.0, 6.0
+        versions = {"parent": self.register("parent", MeanColor(np.zeros((groups, 3)), bias), list(mapping), mapping)}
+        example = np.zeros((2, 3, IMAGE_SIZE, IMAGE_SIZE), np.float32)
+        with self.registry.run("children") as run_id:
+            uri = self.registry.log_model(run_id, flowers_model(), example, {"classes": ["a", "b"]})
+
+        def child(group: str) -> tuple[str, str]:
+            tags = {"classes": ",".join(mapping[group]), "image_size": str(IMAGE_SIZE), "dataset_version": "test"}
+            return f"child-{group}", self.registry.register(uri, f"{self.prefix}child-{group}", run_id, tags)
+
+        with ThreadPoolExecutor(8) as pool:
+            versions.update(pool.map(child, mapping))
+        self.set_alias(alias, versions)
+        return versions
 
     def full_names(self, versions: dict[str, str]) -> dict[str, str]:
         """{"parent": "1"} -> {"<prefix>parent": "1"}: what the endpoint reports as `model_versions`."""
@@ -110,6 +156,11 @@ class TinyModels:
         }
         self.set_alias(alias, versions)
         return versions
+
+
+def wide_mapping(groups: int) -> dict[str, list[str]]:
+    """`groups` groups of two species: g000 -> [g000-a, g000-b], ..."""
+    return {f"g{i:03d}": [f"g{i:03d}-a", f"g{i:03d}-b"] for i in range(groups)}
 
 
 def photo(color: tuple[int, int, int], size: tuple[int, int] = (96, 80), fmt: str = "JPEG") -> bytes:

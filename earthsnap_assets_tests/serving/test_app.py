@@ -14,6 +14,7 @@ import requests
 import torch
 from click.testing import CliRunner
 
+from earthsnap_assets.ml.routing import RoutingConfig
 from earthsnap_assets.serving.app import create_app
 from earthsnap_assets.serving.batching import MicroBatcher
 from earthsnap_assets.serving.cli import serve
@@ -21,7 +22,9 @@ from earthsnap_assets_tests.serving.conftest import Deployed, Served
 from earthsnap_assets_tests.serving.helpers import (
     BLUE,
     GREEN,
+    GROUP_SPECIES,
     RED,
+    WITHOUT_DAGSTER,
     Recorder,
     TinyModels,
     expected_probabilities,
@@ -42,20 +45,42 @@ def predict(url: str, data: Any = None, **kwargs: Any) -> requests.Response:
 
 
 @needs_stack
-def test_species_answer_is_parent_times_child(staging: Served, deployed: Deployed) -> None:
+def test_species_answer_is_parent_times_the_routed_child(staging: Served, deployed: Deployed) -> None:
     data = photo(GREEN)
     response = predict(staging.url, data, headers={"Content-Type": "image/jpeg"}, params={"top_k": 6})
     assert response.status_code == 200, response.text
     body = response.json()
     expected = expected_probabilities(data)
+    p_flowers = expected["rose"] + expected["tulip"]
     assert (body["species"], body["group"], body["level"], body["note"]) == ("rose", "flowers", "species", None)
     assert body["probability"] == pytest.approx(expected["rose"], abs=1e-5)
+    # the parent is sure (P(flowers) > 0.95): only the flowers child ran, and only its species are claimed
+    assert body["groups_evaluated"] == [{"group": "flowers", "probability": pytest.approx(p_flowers, abs=1e-5)}]
+    assert [entry["species"] for entry in body["top_k"]] == ["rose", "tulip"]
+    for entry in body["top_k"]:
+        assert entry["probability"] == pytest.approx(expected[entry["species"]], abs=1e-5)
+    assert body["unexpanded_mass"] == pytest.approx(1.0 - p_flowers, abs=1e-5)
+    flowers = deployed.models.prefix + "child-flowers"
+    assert body["model_versions"] == {
+        k: v for k, v in deployed.model_versions.items() if "child" not in k or k == flowers
+    }
+    assert len(predict(staging.url, data, params={"top_k": 1}).json()["top_k"]) == 1
+
+
+@needs_stack
+def test_routing_every_group_answers_with_the_full_hierarchy(deployed: Deployed) -> None:
+    routing = RoutingConfig.everything(len(GROUP_SPECIES))
+    with serving(create_app("staging", config=deployed.models.config(routing=routing))) as url:
+        wait_ready(url)
+        data = photo(GREEN)
+        body = predict(url, data, params={"top_k": 6}).json()
+    expected = expected_probabilities(data)
     assert [entry["species"] for entry in body["top_k"]] == sorted(expected, key=lambda s: -expected[s])
     for entry in body["top_k"]:
         assert entry["probability"] == pytest.approx(expected[entry["species"]], abs=1e-5)
     assert sum(entry["probability"] for entry in body["top_k"]) == pytest.approx(1.0, abs=1e-5)
+    assert body["unexpanded_mass"] == pytest.approx(0.0, abs=1e-6)
     assert body["model_versions"] == deployed.model_versions  # birds has one species: no child model
-    assert len(predict(staging.url, data).json()["top_k"]) == 5  # the default top_k
 
 
 @needs_stack
@@ -183,11 +208,12 @@ def test_batcher_keeps_each_item_on_the_model_it_was_submitted_with() -> None:
 
 
 @needs_stack
-def test_alias_move_reloads_under_traffic_without_errors(stack: Any) -> None:
+def test_alias_move_under_traffic_never_mixes_versions(stack: Any) -> None:
     models = TinyModels.create()
     first = models.deploy_first_versions("staging")
+    parent, flowers = models.prefix + "parent", models.prefix + "child-flowers"
     answers: list[dict] = []
-    errors: list[str] = []
+    errors: list[dict] = []
     stop = threading.Event()
 
     def client() -> None:
@@ -199,34 +225,51 @@ def test_alias_move_reloads_under_traffic_without_errors(stack: Any) -> None:
             except Exception as exc:  # a dropped connection is an error too
                 errors.append({"exception": repr(exc)})
 
+    def moved() -> bool:
+        return (
+            sum(a["model_versions"] == {parent: second["parent"], flowers: second["child-flowers"]} for a in answers)
+            >= 20
+        )
+
     with serving(create_app("staging", config=models.config())) as url:
         wait_ready(url)
         with ThreadPoolExecutor(4) as pool:
             workers = [pool.submit(client) for _ in range(4)]
-            wait_until(lambda: len(answers) >= 20)
-            second = {"parent": models.register_parent(), "child-flowers": models.register_flowers(favourite=1)}
-            models.set_alias("staging", second)
-            new_versions = models.full_names({**first, **second})
-            wait_until(lambda: sum(a["model_versions"] == new_versions for a in answers) >= 20, timeout=30)
-            stop.set()
+            try:
+                wait_until(lambda: len(answers) >= 20)
+                second = {"parent": models.register_parent(), "child-flowers": models.register_flowers(favourite=1)}
+                models.set_alias("staging", second)
+                wait_until(moved, timeout=30)
+            finally:
+                stop.set()
             for worker in workers:
                 worker.result()
-        assert requests.get(f"{url}/models", timeout=5).json()["versions"] == new_versions
+        assert requests.get(f"{url}/models", timeout=5).json()["versions"] == models.full_names({**first, **second})
     assert errors == []
-    assert answers[0]["model_versions"] == models.full_names(first)
-    flowers = models.prefix + "child-flowers"
+    assert answers[0]["model_versions"] == {parent: first["parent"], flowers: first["child-flowers"]}
     for answer in answers:  # each answer comes from one bundle: the flowers child it names picked the species
+        assert set(answer["model_versions"]) == {parent, flowers}
         assert answer["species"] == (
             "tulip" if answer["model_versions"][flowers] == second["child-flowers"] else "rose"
         )
 
 
 @needs_stack
-def test_cli_serves_an_environment(deployed: Deployed, tmp_path: Any) -> None:
+def test_cli_serves_an_environment_without_dagster(deployed: Deployed, tmp_path: Any) -> None:
     assert CliRunner().invoke(serve, ["--env", "dev"]).exit_code == 2
     port = free_port()
-    args = ["--env", "staging", "--port", str(port), "--model-prefix", deployed.models.prefix, "--poll-interval", "1"]
-    code = "from earthsnap_assets.serving.cli import serve; serve()"
+    args = [
+        "serve",
+        "--env",
+        "staging",
+        "--port",
+        str(port),
+        "--model-prefix",
+        deployed.models.prefix,
+        "--poll-interval",
+        "1",
+    ]
+    code = WITHOUT_DAGSTER + "from earthsnap_assets.cli import main; main()"  # as `earthsnap serve` runs it
     with (tmp_path / "serve.log").open("wb") as log:
         process = subprocess.Popen([sys.executable, "-c", code, *args], stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -234,7 +277,8 @@ def test_cli_serves_an_environment(deployed: Deployed, tmp_path: Any) -> None:
             started = time.monotonic()
             wait_ready(url, timeout=90)
             body = predict(url, photo(GREEN)).json()
-            assert (body["species"], body["model_versions"]) == ("rose", deployed.model_versions), body
+            flowers = {k: v for k, v in deployed.model_versions.items() if k.endswith(("parent", "child-flowers"))}
+            assert (body["species"], body["model_versions"]) == ("rose", flowers), body
             assert time.monotonic() - started < 90
         finally:
             process.terminate()
