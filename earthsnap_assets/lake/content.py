@@ -5,9 +5,10 @@ looks alike, whatever group they are in. One run takes the new rows of *all* gro
 the last run (read from the object tables' new segments: O(dN)), and
 
 1. updates the *content table* (every QA-passed object: sha256, group, key, species, dHash, verdict,
-   cluster, split), hash-bucketed by sha256, touching each bucket at most twice whatever the number of
-   groups: the verdict of a copy is a function of all copies of its bytes (one species: the smallest key
-   is kept, the others are duplicates; several species: every copy is a labelling conflict);
+   cluster, split), hash-bucketed by sha256, each bucket a base file plus small delta files, so a commit
+   writes the rows it changed, not the table (`ContentTable`): the verdict of a copy is a function of all
+   copies of its bytes (one species: the smallest key is kept, the others are duplicates; several
+   species: every copy is a labelling conflict);
 2. probes the dHashes of the newly accepted rows against every accepted dHash (12 bytes per photo in
    memory, no strings) and among themselves, in numpy;
 3. gives each new near-duplicate cluster a split: the split of a look-alike already assigned (in any
@@ -176,31 +177,96 @@ def _group_change(blobs: VersionedBlobs, bucket: str, group: str, checked: dict,
 # --- the content table -----------------------------------------------------------------------------------
 
 
-class ContentTable:
-    """The head's buckets, loaded one at a time; rewritten buckets are staged until the head commits."""
+# A delta row that removes its (group, key) from the bucket.
+DELTA_CONTENT_SCHEMA = CONTENT_SCHEMA.append(pa.field("gone", pa.bool_()))
+# Deltas reach a quarter of their base: the bucket is rewritten as one base (each row is rewritten a
+# bounded number of times as the table grows, so a commit costs O(new rows) amortised).
+COMPACT_SHARE = 0.25
 
-    def __init__(self, blobs: VersionedBlobs, bucket: str, files: dict[str, str], buckets: int) -> None:
-        self.blobs, self.bucket, self.files, self.buckets = blobs, bucket, dict(files), buckets
+
+def _schema(columns: list[str]) -> pa.Schema:
+    return pa.schema([DELTA_CONTENT_SCHEMA.field(c) for c in columns])
+
+
+def _ident_key(group: str, key: str) -> str:
+    return f"{group}\t{key}"
+
+
+def _overlay(table: pa.Table, delta: pa.Table) -> pa.Table:
+    """`table` with the rows of `delta` in place of its rows of the same (group, key); `gone` rows remove."""
+    kept = table.filter(pc.invert(pc.is_in(_idents(table), _idents(delta))))
+    rows = delta.filter(pc.invert(pc.fill_null(delta["gone"], False))) if "gone" in delta.column_names else delta
+    return pa.concat_tables([kept, rows.select(table.column_names).cast(kept.schema)])
+
+
+class ContentTable:
+    """The head's sha256 buckets, each a sorted base file and a few delta files (newer rows win).
+
+    A run stages the rows it changes per bucket in memory (O(new rows)) and, when it commits, writes one
+    delta per touched bucket: never the table. A bucket's deltas merge as they pile up (a new delta
+    absorbs the last one while that is at most twice its size, so a bucket holds O(log) deltas), and into
+    the base when they reach `COMPACT_SHARE` of it. Reading a bucket reads its base and deltas.
+    """
+
+    def __init__(self, blobs: VersionedBlobs, bucket: str, files: dict[str, list[dict]], buckets: int) -> None:
+        self.blobs, self.bucket, self.buckets = blobs, bucket, buckets
+        self.files = {name: [dict(e) for e in entries] for name, entries in files.items()}
+        self.pending: dict[int, dict[str, dict]] = {}  # number -> ident -> row ({"gone": True, ...}: removed)
         self.reads = self.writes = 0
 
     def load(self, number: int, columns: list[str] | None = None) -> pa.Table:
-        key = self.files.get(bucket_name(number))
-        if key is None:
-            schema = CONTENT_SCHEMA if columns is None else pa.schema([CONTENT_SCHEMA.field(c) for c in columns])
-            return schema.empty_table()
-        self.reads += 1
-        return read_table(self.blobs, self.bucket, key, columns=columns)
+        """The bucket as of this run (staged changes included), `columns` of it."""
+        wanted = CONTENT_SCHEMA.names if columns is None else columns
+        need = list(dict.fromkeys([*wanted, "group", "key"]))
+        table = _schema(need).empty_table()
+        for position, entry in enumerate(self.files.get(bucket_name(number), [])):
+            self.reads += 1
+            part = read_table(self.blobs, self.bucket, entry["key"], columns=need + (["gone"] if position else []))
+            table = part.cast(_schema(need)) if position == 0 else _overlay(table, part)
+        staged = self.pending.get(number)
+        if staged:
+            table = _overlay(table, pa.Table.from_pylist(list(staged.values()), schema=_schema([*need, "gone"])))
+        return table.select(wanted)
 
-    def store(self, number: int, table: pa.Table) -> None:
+    def stage(self, number: int, rows: Iterable[dict] = (), removed: Iterable[tuple[str, str]] = ()) -> None:
+        """Rows that replace (or enter) the bucket and (group, key) entries that leave it, written at flush."""
+        staged = self.pending.setdefault(number, {})
+        for group, key in removed:
+            staged[_ident_key(group, key)] = {"group": group, "key": key, "gone": True}
+        for row in rows:
+            staged[_ident_key(row["group"], row["key"])] = {**row, "gone": False}
+
+    def flush(self) -> None:
+        """Write the staged changes: one delta per touched bucket (merged with small ones), or a new base."""
+        for number, staged in sorted(self.pending.items()):
+            name = bucket_name(number)
+            entries = self.files.get(name, [])
+            delta = pa.Table.from_pylist(list(staged.values()), schema=DELTA_CONTENT_SCHEMA)
+            delta_rows = sum(e["rows"] for e in entries[1:]) + delta.num_rows
+            if not entries or delta_rows >= COMPACT_SHARE * entries[0]["rows"]:
+                self._write_base(number, name)
+                continue
+            while len(entries) > 1 and entries[-1]["rows"] <= 2 * delta.num_rows:
+                self.reads += 1
+                older = read_table(self.blobs, self.bucket, entries.pop()["key"]).cast(DELTA_CONTENT_SCHEMA)
+                newer = pc.is_in(_idents(older), _idents(delta))
+                delta = pa.concat_tables([older.filter(pc.invert(newer)), delta])
+            self.files[name] = [*entries, self._write(number, delta, DELTA_CONTENT_SCHEMA)]
+        self.pending.clear()
+
+    def _write_base(self, number: int, name: str) -> None:
+        merged = self.load(number)
+        if merged.num_rows:
+            self.files[name] = [self._write(number, merged, CONTENT_SCHEMA)]
+        else:
+            self.files.pop(name, None)
+
+    def _write(self, number: int, table: pa.Table, schema: pa.Schema) -> dict:
         self.writes += 1
-        if table.num_rows == 0:
-            self.files.pop(bucket_name(number), None)
-            return
         table = table.sort_by([("sha256", "ascending"), ("group", "ascending"), ("key", "ascending")])
-        data = table_bytes(table.cast(CONTENT_SCHEMA))
-        self.files[bucket_name(number)] = put_content_addressed(
-            self.blobs, self.bucket, lambda d: paths.content_bucket(number, d), data
-        )
+        data = table_bytes(table.cast(schema))
+        key = put_content_addressed(self.blobs, self.bucket, lambda d: paths.content_bucket(number, d), data)
+        return {"key": key, "rows": table.num_rows}
 
 
 def _copies(rows: list[dict]) -> dict[str, list[Copy]]:
@@ -252,8 +318,7 @@ def _pass_verdicts(
         dropped_shas = set(stored.filter(dropped)["sha256"].to_pylist())
         touched = dropped_shas | {r["sha256"] for r in arriving.values()}
         in_touched = pc.is_in(stored["sha256"], pa.array(sorted(touched), pa.string()))
-        # only rows sharing bytes with a change go through Python; the rest of the bucket stays columnar
-        untouched = stored.filter(pc.invert(pc.or_(in_touched, dropped)))
+        # only rows sharing bytes with a change go through Python; the rest of the bucket stays as it is
         current = {_ident(r): r for r in stored.filter(pc.or_(in_touched, dropped)).to_pylist()}
         rows = [dict(r) for i, r in current.items() if i not in drop] + list(arriving.values())
         members = _copies(rows)
@@ -279,7 +344,7 @@ def _pass_verdicts(
             before = current.get(ident)
             if before and before["accepted"]:
                 outcome.lost.append(before)
-        table.store(number, pa.concat_tables([untouched, pa.Table.from_pylist(rows, schema=CONTENT_SCHEMA)]))
+        table.stage(number, rows, removed=drop - {_ident(r) for r in rows})
     return outcome
 
 
@@ -309,18 +374,27 @@ def _accepted_hashes(table: ContentTable) -> tuple[np.ndarray, np.ndarray, np.nd
     return np.concatenate(hashes), np.concatenate(buckets), np.concatenate(rows)
 
 
+# Existing look-alikes kept per arriving photo, nearest first: they decide its cluster and split (all
+# members of a cluster share one), and a flat or blank photo may resemble thousands.
+MAX_LOOKALIKES = 16
+
+
 def _neighbours(table: ContentTable, arriving: list[dict], bits: int) -> tuple[dict[int, list[dict]], int]:
-    """Existing accepted look-alikes of each arriving row (by position in `arriving`)."""
+    """The nearest existing accepted look-alikes of each arriving row (by position in `arriving`)."""
     hashes, buckets, rows = _accepted_hashes(table)
     new = np.array([r["dhash"] or 0 for r in arriving], dtype=np.uint64)
     a, b, distance = probe(new, hashes, bits)
+    order = np.lexsort((b, distance, a))  # per arriving row, nearest first (ties: table order)
+    a, b, distance = a[order], b[order], distance[order]
+    keep = np.arange(len(a)) - np.searchsorted(a, a, side="left") < MAX_LOOKALIKES
+    a, b, distance = a[keep], b[keep], distance[keep]
     found: dict[int, list[dict]] = defaultdict(list)
-    details: dict[int, list[dict]] = {}
-    for i, j, d in zip(a.tolist(), b.tolist(), distance.tolist(), strict=True):
-        number = int(buckets[j])
-        if number not in details:
-            details[number] = table.load(number, columns=["key", "group", "species", "cluster", "split"])
-        found[i].append({**details[number].slice(int(rows[j]), 1).to_pylist()[0], "distance": d})
+    for number in np.unique(buckets[b]).tolist():
+        mine = np.flatnonzero(buckets[b] == number)
+        part = table.load(number, columns=["key", "group", "species", "cluster", "split"])
+        details = part.take(pa.array(rows[b[mine]])).to_pylist()
+        for i, d, detail in zip(a[mine].tolist(), distance[mine].tolist(), details, strict=True):
+            found[i].append({**detail, "distance": d})
     return found, len(hashes)
 
 
@@ -372,15 +446,9 @@ def _assign(
 
 
 def _store_assignments(table: ContentTable, arriving: list[dict]) -> None:
-    """Pass 2: write clusters and splits of the arriving rows into their buckets."""
-    by_bucket: dict[int, dict[tuple[str, str], dict]] = defaultdict(dict)
+    """Pass 2: stage clusters and splits of the arriving rows into their buckets."""
     for row in arriving:
-        by_bucket[_bucket_of(row["sha256"], table.buckets)][_ident(row)] = row
-    for number, updates in sorted(by_bucket.items()):
-        stored = table.load(number)
-        mine = pc.is_in(_idents(stored), pa.array(sorted(f"{g}\t{k}" for g, k in updates), pa.string()))
-        new = pa.Table.from_pylist(list(updates.values()), schema=CONTENT_SCHEMA)
-        table.store(number, pa.concat_tables([stored.filter(pc.invert(mine)), new]))
+        table.stage(_bucket_of(row["sha256"], table.buckets), [row])
 
 
 # --- deltas for the group manifests ---------------------------------------------------------------------
@@ -579,6 +647,7 @@ def _check(
     for group, per_species in counts.items():
         if group in checked:
             checked[group]["splits"] = {s: {k: v for k, v in c.items() if v} for s, c in sorted(per_species.items())}
+    table.flush()
     value = _head_value(config, buckets, table, checked)
     commit_head(blobs, bucket, head, value)
     result = ChecksResult(
