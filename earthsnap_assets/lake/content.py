@@ -311,15 +311,19 @@ def _pass_verdicts(
         gone_by_bucket[_bucket_of(sha, table.buckets)].add((group, key))
     changed = {(c.group, k) for c in changes for k in c.rows}
     for number in sorted(set(by_bucket) | set(gone_by_bucket)):
-        stored = table.load(number)
+        # the identity columns find the rows a change touches; whole rows are decoded only where there are
+        # some (same files, same order), so a bucket of new bytes costs three columns, not fourteen
+        ids = table.load(number, columns=["sha256", "group", "key"])
         arriving = {_ident(r): r for r in by_bucket.get(number, [])}
         drop = gone_by_bucket.get(number, set()) | set(arriving)
-        dropped = pc.is_in(_idents(stored), pa.array(sorted(f"{g}\t{k}" for g, k in drop), pa.string()))
-        dropped_shas = set(stored.filter(dropped)["sha256"].to_pylist())
+        dropped = pc.is_in(_idents(ids), pa.array(sorted(f"{g}\t{k}" for g, k in drop), pa.string()))
+        dropped_shas = set(ids.filter(dropped)["sha256"].to_pylist())
         touched = dropped_shas | {r["sha256"] for r in arriving.values()}
-        in_touched = pc.is_in(stored["sha256"], pa.array(sorted(touched), pa.string()))
+        hit = pc.or_(pc.is_in(ids["sha256"], pa.array(sorted(touched), pa.string())), dropped)
         # only rows sharing bytes with a change go through Python; the rest of the bucket stays as it is
-        current = {_ident(r): r for r in stored.filter(pc.or_(in_touched, dropped)).to_pylist()}
+        current = {}
+        if pc.any(hit).as_py():
+            current = {_ident(r): r for r in table.load(number).filter(hit).to_pylist()}
         rows = [dict(r) for i, r in current.items() if i not in drop] + list(arriving.values())
         members = _copies(rows)
         for row in rows:
