@@ -312,6 +312,8 @@ def inject(blobs: LocalBlobs, tax: Taxonomy, per_group: int, seed: int, start: i
 
 
 def metadata_run(root: Path, tax: Taxonomy) -> dict:
+    import pyarrow.compute as pc
+
     from earthsnap_assets.lake.content import check_groups
     from earthsnap_assets.lake.manifest import load_segment, validate_group
     from earthsnap_assets.lake.pipeline import DataConfig
@@ -337,8 +339,9 @@ def metadata_run(root: Path, tax: Taxonomy) -> dict:
         chosen = 0
         for group in tax.groups:
             _, segment = load_segment(blobs, "lake", group)
-            rows = segment.select(["sha256", "species", "split", "verdict"]).to_pylist()
-            chosen += len(choose([r for r in rows if r["verdict"] == "accepted"], config.sample.per_split(), 0))
+            rows = segment.select(["sha256", "species", "split", "verdict"])
+            accepted = rows.filter(pc.equal(rows["verdict"], "accepted"))
+            chosen += choose(accepted, config.sample.per_split(), 0).num_rows
         return {"chosen": chosen}
 
     selection = measured(sample)
