@@ -104,10 +104,11 @@ def latency(settings: Settings, store) -> float:
             store.write(store.raw_bucket, f"images/robin/late-{i}.jpg", b"z")
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            for r in instance.get_runs(limit=50):
+            for record in instance.get_run_records(limit=50):
+                r = record.dagster_run
                 intake = {k.path[-1] for k in r.asset_selection or []} == {"raw_images"}
                 if r.run_id not in before and intake and r.tags.get("dagster/partition") == "birds":
-                    return r.create_timestamp - started
+                    return record.create_timestamp.timestamp() - started
             time.sleep(1)
     raise TimeoutError("no intake run for the uploaded group within 300 s")
 

@@ -250,7 +250,7 @@ def fake_rows(rng: np.random.Generator, group: str, species: list[str], start: i
 
     from earthsnap_assets.lake.objects import SCHEMA
 
-    shas = [f"{v:064x}" for v in rng.integers(0, 2**62, size=count, dtype=np.int64) * 4 + start]
+    shas = [f"{v:064x}" for v in rng.integers(0, 2**60, size=count, dtype=np.int64) * 4 + start]  # < 2**63: no sign
     keys = [f"images/{species[i % len(species)]}/{start + i:08d}.jpg" for i in range(count)]
     dhash = rng.integers(0, 2**63, size=count, dtype=np.uint64)
     return pa.table(
