@@ -210,9 +210,17 @@ class ContentTable:
 
     def __init__(self, blobs: VersionedBlobs, bucket: str, files: dict[str, list[dict]], buckets: int) -> None:
         self.blobs, self.bucket, self.buckets = blobs, bucket, buckets
-        self.files = {name: [dict(e) for e in entries] for name, entries in files.items()}
-        self.pending: dict[int, dict[str, dict]] = {}  # number -> ident -> row ({"gone": True, ...}: removed)
         self.reads = self.writes = 0
+        self.files = {name: self._entries(entries) for name, entries in files.items()}
+        self.pending: dict[int, dict[str, dict]] = {}  # number -> ident -> row ({"gone": True, ...}: removed)
+
+    def _entries(self, entries: str | list[dict]) -> list[dict]:
+        """A bucket's files; a lake written before deltas existed names one base file (its rows counted once,
+        from the Parquet footer, and recorded in the new form at the next commit)."""
+        if isinstance(entries, str):
+            self.reads += 1
+            return [{"key": entries, "rows": read_table(self.blobs, self.bucket, entries, columns=["key"]).num_rows}]
+        return [dict(e) for e in entries]
 
     def load(self, number: int, columns: list[str] | None = None) -> pa.Table:
         """The bucket as of this run (staged changes included), `columns` of it."""

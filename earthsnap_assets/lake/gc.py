@@ -85,7 +85,8 @@ def _current(blobs: VersionedBlobs, bucket: str) -> set[str]:
         if not blobs.exists(bucket, paths.objects_head(group)):
             live |= set(blobs.list_keys(bucket, paths.changes_prefix(group)))
     content = load_head(blobs, bucket, paths.CONTENT_HEAD)
-    live |= {e["key"] for entries in content.get("files", {}).values() for e in entries}  # bases and deltas
+    for entries in content.get("files", {}).values():  # bases and deltas (one key: a lake from before deltas)
+        live |= {entries} if isinstance(entries, str) else {e["key"] for e in entries}
     for group in _groups(blobs, bucket, "manifests/"):
         head = load_head(blobs, bucket, paths.manifest_head(group))
         live |= {paths.manifest_head(group), head.get("segment"), head.get("report")}

@@ -163,3 +163,13 @@ def test_the_content_table_writes_deltas_merges_them_and_compacts_into_a_new_bas
     assert [e["rows"] for e in table.files["00000"]] == [133]
     again = ContentTable(blobs, "lake", table.files, buckets=1)  # what the head records reads back the same
     assert again.load(0).sort_by("key").equals(table.load(0).sort_by("key"))
+
+
+def test_a_content_head_from_before_deltas_still_reads_and_is_rewritten_in_the_new_form():
+    blobs = MemoryBlobs()
+    table = ContentTable(blobs, "lake", {}, buckets=1)
+    table.stage(0, [_row(f"k{i}") for i in range(5)])
+    table.flush()
+    legacy = {"00000": table.files["00000"][0]["key"]}  # the old head named one file per bucket
+    old = ContentTable(blobs, "lake", legacy, buckets=1)
+    assert old.files["00000"][0]["rows"] == 5 and old.load(0).num_rows == 5
