@@ -77,13 +77,14 @@ def choose(rows: pa.Table, per_split: dict[str, int], seed: int) -> pa.Table:
 
     Columnar: only the chosen rows (bounded by the sample size) ever leave Arrow.
     """
-    rank = ranks(rows["sha256"].to_pylist(), seed)
+    shas = rows["sha256"].to_pylist()
+    rank, sha = ranks(shas, seed), np.asarray(shas, dtype=object)
     split = np.asarray(rows["split"].to_pylist(), dtype=object)
     species = np.asarray(rows["species"].to_pylist(), dtype=object)
     chosen: list[np.ndarray] = []
     for name, n in per_split.items():
         pool = np.flatnonzero(split == name)
-        pool = pool[np.lexsort((rows["sha256"].take(pa.array(pool)).to_numpy(zero_copy_only=False), rank[pool]))]
+        pool = pool[np.lexsort((sha[pool], rank[pool]))]
         if not len(pool) or n <= 0:
             continue
         _, codes = np.unique(species[pool], return_inverse=True)
