@@ -90,6 +90,9 @@ class ModelRef:
     train_seconds: float = 0.0
     params: dict = field(default_factory=dict)
     dataset_uri: str = ""
+    weights_uri: str = ""  # the trained state dict as safetensors in the lake: what a child warm-starts from
+    weights_sha256: str = ""
+    lineage: tuple[tuple[str, str], ...] = ()  # where training started: init_from, init_source, init_sha256, ...
 
     @property
     def single_species(self) -> bool:

@@ -52,11 +52,15 @@ def data_changed() -> A:
     return _when(changed).with_label("data changed")
 
 
-def retrain_on_data_change() -> A:
+def retrain_on_data_change(ignore: dg.AssetKey | None = None) -> A:
     """Training: a data version it learns from changed. Upstream *training* steps requested this tick join
-    the same run; a data step requested this tick does not (training waits for the data to be built)."""
-    data = A.any_deps_match(A.data_version_changed() & ~A.executed_with_root_target())
-    training = A.any_deps_match(A.will_be_requested()).ignore(DATA_ASSETS)
+    the same run; a data step requested this tick does not (training waits for the data to be built).
+
+    `ignore` is a dependency that is not a trigger: a child starts from the parent's backbone, but a new
+    parent must not retrain hundreds of children; it only has to exist first, and not be mid-training."""
+    skipped = dg.AssetSelection.assets(ignore) if ignore is not None else dg.AssetSelection.assets()
+    data = A.any_deps_match(A.data_version_changed() & ~A.executed_with_root_target()).ignore(skipped)
+    training = A.any_deps_match(A.will_be_requested()).ignore(DATA_ASSETS | skipped)
     return _when(data | training).with_label("retrain on data change")
 
 

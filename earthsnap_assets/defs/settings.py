@@ -19,6 +19,19 @@ class TrainingConfig(dg.Config):
     max_train_seconds: float | None = None
     seed: int = 0
     per_class: int | None = Field(None, description="parent: images per group (None = smallest group)")
+    weights: str = Field(
+        "none",
+        description="starting weights: none, timm:<model>[.<tag>] or hf-hub:<org>/<repo> (from the local Hugging "
+        "Face cache), s3://bucket/key.safetensors or a path; the sha256 is recorded on the model",
+    )
+    allow_download: bool = Field(False, description="let hub weights download when not in the local cache")
+    warm_start: str = Field(
+        "parent",
+        description="children: 'parent' starts from the parent's trained backbone (its architecture), "
+        "'weights' from `weights`",
+    )
+    layer_decay: float | None = Field(None, description="layer-wise LR decay for fine-tuning (timm), e.g. 0.75")
+    freeze_epochs: int = Field(0, description="epochs that train only the new head before the whole network")
 
     def base(self) -> TrainConfig:
         fields = {f.name for f in dataclasses.fields(TrainConfig)}

@@ -29,6 +29,8 @@ rewritten in place, and each group's current state is one small *head* moved by 
     samples/<layout>/chunks/<g>/<h>.parquet (+ .npy) one group's share of the sample, pixels copied
     deployments/<model>/events.jsonl                 deployment history
     checkpoints/...                                  training checkpoints
+    weights/<sha256>.safetensors                     trained state dicts, by the sha256 of their bytes (children
+                                                     warm-start from the parent's; never garbage-collected)
     dagster/io/...                                   small asset values (references, never data)
 """
 
@@ -171,6 +173,13 @@ def sample_index(layout: str, digest: str) -> str:
 def sample_chunk(layout: str, group: str, digest: str) -> str:
     """A group's share of the sample: `<name>.parquet` rows (named by its inputs), pixels in a `<digest>.npy`."""
     return f"samples/{layout}/chunks/{check_group(group)}/{digest}"
+
+
+def weights_key(sha256: str) -> str:
+    """A trained state dict, named by the sha256 of its safetensors bytes (same weights, same key)."""
+    if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
+        raise ValueError(f"not a sha256 hex digest: {sha256!r}")
+    return f"weights/{sha256}.safetensors"
 
 
 # Everything the garbage collector may consider; anything else in the lake is never touched by it.

@@ -23,8 +23,9 @@ from torch import nn
 from earthsnap_assets.ml.checkpoints import CheckpointStore, restore_run, save_run
 from earthsnap_assets.ml.data import LabeledArrays, ShardStream, make_loader
 from earthsnap_assets.ml.device import autocast, is_cuda, pick_device, prepare_model, to_device_batch
-from earthsnap_assets.ml.models import DEFAULT_BACKBONE, create_classifier, parameter_count
+from earthsnap_assets.ml.models import DEFAULT_BACKBONE, create_classifier_with_report, parameter_count
 from earthsnap_assets.ml.transforms import as_tensor, augment_batch, to_model_input
+from earthsnap_assets.ml.weights import Pretrained, head_prefixes
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,17 @@ class TrainConfig:
     max_train_seconds: float | None = None  # checked at the end of each epoch
     num_workers: int = 0  # DataLoader workers, used when training from a ShardStream
     drop_rate: float = 0.0
+    # fine-tuning (they matter when training starts from pretrained weights, see `init` of train_classifier)
+    layer_decay: float | None = None  # timm's layer-wise LR decay: early layers learn at lr * decay^depth
+    freeze_epochs: int = 0  # epochs that train only the head before the whole network (a frozen warm-up)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2:
             raise ValueError("epochs must be >= 1 and batch_size >= 2")
+        if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
+            raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
+        if not 0 <= self.freeze_epochs < self.epochs:
+            raise ValueError(f"freeze_epochs must be in [0, epochs), got {self.freeze_epochs}")
 
     def resume_key(self) -> dict[str, Any]:
         """The fields that shape the weights: a checkpoint made under other values is not resumed."""
@@ -134,8 +142,19 @@ def class_weights(counts: np.ndarray) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW without weight decay on biases and norm parameters (decaying them only hurts)."""
+def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW without weight decay on biases and norm parameters (decaying them only hurts); with
+    `layer_decay`, timm's optimizer factory groups parameters by depth (its `lr_scale` is folded into each
+    group's lr, since our scheduler is torch's LambdaLR, which scales every group's own initial lr)."""
+    if config.layer_decay is not None:
+        from timm.optim import create_optimizer_v2
+
+        optimizer = create_optimizer_v2(
+            model, opt="adamw", lr=config.lr, weight_decay=config.weight_decay, layer_decay=config.layer_decay
+        )
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * group.get("lr_scale", 1.0)
+        return optimizer
     decay = [p for p in model.parameters() if p.dim() > 1]
     no_decay = [p for p in model.parameters() if p.dim() <= 1]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -230,10 +249,14 @@ def _record(progress: Progress, epoch: int, metrics: dict, model: nn.Module, con
         progress.stop_reason = "early_stop"
 
 
-def _build(train: TrainData, config: TrainConfig, device: torch.device) -> _Parts:
-    """Seeded model init, AdamW, warmup + cosine per step, and the (optionally class-weighted) loss."""
+def _build(train: TrainData, config: TrainConfig, device: torch.device, init: Pretrained | None = None) -> _Parts:
+    """Seeded model init (from `init`'s backbone when given), AdamW, warmup + cosine per step, and the
+    (optionally class-weighted) loss."""
     torch.manual_seed(config.seed)
-    model = prepare_model(create_classifier(config.backbone, len(train.classes), config.drop_rate), device)
+    model, report = create_classifier_with_report(config.backbone, len(train.classes), config.drop_rate, init)
+    if report is not None:
+        log.info("started from %s: %d tensors loaded, head re-initialised", init.source, report.loaded)
+    model = prepare_model(model, device)
     optimizer = _optimizer(model, config)
     steps = steps_per_epoch(len(train), config.batch_size)
     schedule = WarmupCosine(round(config.warmup_epochs * steps), config.epochs * steps)
@@ -243,11 +266,20 @@ def _build(train: TrainData, config: TrainConfig, device: torch.device) -> _Part
     return _Parts(model, optimizer, scheduler, loss_fn)
 
 
+def _freeze_backbone(model: nn.Module, frozen: bool) -> None:
+    """Warm-up on pretrained weights: only the fresh head learns until its gradients stop being noise.
+    Frozen parameters get no gradient, so AdamW leaves them and their state untouched (resume stays exact)."""
+    heads = head_prefixes(model)
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(not frozen or name.startswith(heads))
+
+
 def _run_epoch(
     parts: _Parts, train: TrainData, val: LabeledArrays, epoch: int, config: TrainConfig, device: torch.device
 ) -> dict[str, float]:
     """One epoch whose randomness (order, augmentation, dropout) is a function of (seed, epoch) alone."""
     started = time.perf_counter()
+    _freeze_backbone(parts.model, frozen=epoch < config.freeze_epochs)
     generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))
     torch.manual_seed(epoch_seed(config.seed, epoch, stream=1))  # dropout and other global-RNG layers
     batches = _epoch_batches(train, epoch, config, generator, device)
@@ -265,17 +297,22 @@ def train_classifier(
     checkpoints: CheckpointStore | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     should_prune: Callable[[int, float], bool] | None = None,
+    init: Pretrained | None = None,
 ) -> TrainResult:
     """Train `config.backbone` on `train`, keep the epoch with the best `val` accuracy, checkpoint each epoch.
 
+    `init` is the pretrained state dict the backbone starts from (None: random); its sha256 is part of
+    the checkpoint key, so a resume never mixes two starting points.
     `train` is in-memory arrays or a `ShardStream`; `on_epoch(epoch, metrics)` runs after each epoch's
     checkpoint (for metric logging), `should_prune(epoch, val_accuracy)` can stop a hopeless trial.
     """
     if len(train) < 2 or len(val) == 0 or len(train.classes) < 2:
         raise ValueError(f"need >= 2 train rows, >= 1 val row and >= 2 classes ({len(train)}, {len(val)})")
     device = device or pick_device()
-    parts = _build(train, config, device)
+    parts = _build(train, config, device, init)
     key = {"config": config.resume_key(), "classes": list(train.classes), "train": len(train), "val": len(val)}
+    if init is not None:
+        key["init_sha256"] = init.sha256
     restored = restore_run(checkpoints, key, parts.stateful())
     progress = Progress(**restored) if restored else Progress()
     resumed_from = progress.next_epoch - 1 if restored else None

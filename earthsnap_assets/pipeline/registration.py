@@ -32,6 +32,15 @@ def production_accuracy(registry: RegistryVerbs, name: str) -> float | None:
     return float(value) if value else None
 
 
+def weights_tags(model: ModelRef) -> dict[str, str]:
+    """Lineage of the weights: what training started from (scratch, pretrained source, parent) and the
+    trained state dict's lake URI and sha256."""
+    tags = dict(model.lineage)
+    if model.weights_uri:
+        tags |= {names.WEIGHTS_URI: model.weights_uri, names.WEIGHTS_SHA256: model.weights_sha256}
+    return tags
+
+
 def register(
     registry: RegistryVerbs,
     model: ModelRef,
@@ -62,6 +71,7 @@ def register(
         "gate": gate.tag,
         "gate_reason": gate.reason,
         "approval": "pending",
+        **weights_tags(model),
         **mapping_tags,
         **(extra_tags or {}),
     }

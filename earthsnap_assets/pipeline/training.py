@@ -15,6 +15,7 @@ from earthsnap_assets.ml.models import create_classifier
 from earthsnap_assets.ml.train import TrainConfig, train_classifier
 from earthsnap_assets.ml.transforms import MEAN, STD, to_model_input
 from earthsnap_assets.ml.tuning import SearchSpace, TrialRecord, TuningBudget, tune
+from earthsnap_assets.pipeline.starting_weights import StartingPoint, save_trained
 from earthsnap_assets.pipeline.tasks import label_task, training_data
 from earthsnap_assets.refs import ModelRef
 from earthsnap_assets.resources.mlflow_registry import MlflowRegistry
@@ -43,17 +44,28 @@ def run_tuning(
     budget: TuningBudget,
     base: TrainConfig,
     subset_per_class: int | None,
+    start: StartingPoint | None = None,
 ) -> dict:
-    """Search on a subset with short trials; every trial is a nested MLflow run. Returns the best params."""
+    """Search on a subset with short trials; every trial is a nested MLflow run. Returns the best params.
+
+    Trials start where full training will (`start`); weights fit one architecture, so a start with a
+    backbone of its own (the parent's) fixes the backbone and the search tunes the rest."""
     if single_species(index, kind, group):
         return {"single_species": True}
+    start = start or StartingPoint(None, "scratch")
+    if start.backbone:
+        space = dataclasses.replace(space, backbones=(start.backbone,))
     train, val = training_data(store, store.lake_bucket, index, kind, group, base.seed, subset_per_class)
     with registry.run(f"tune-{kind}{'-' + group if group else ''}", _tags(index, kind, group)) as parent_run:
-        registry.log_params(parent_run, {"trials": budget.trials, "seconds": budget.seconds, "subset": len(train)})
+        registry.log_params(
+            parent_run,
+            {"trials": budget.trials, "seconds": budget.seconds, "subset": len(train), **start.lineage()},
+        )
 
         def objective(params: dict, should_prune) -> float:
             config = dataclasses.replace(base, **params, patience=None)
-            return train_classifier(train, val, config, should_prune=should_prune).best_val_accuracy
+            result = train_classifier(train, val, config, should_prune=should_prune, init=start.pretrained)
+            return result.best_val_accuracy
 
         def on_trial(trial: TrialRecord) -> None:
             with registry.run(f"trial-{trial.number}", {"state": trial.state}, parent_run_id=parent_run) as run_id:
@@ -82,8 +94,13 @@ def run_training(
     params: dict,
     base: TrainConfig,
     per_class: int | None = None,
+    start: StartingPoint | None = None,
 ) -> ModelRef:
-    """Full training with tuned params, resumable from lake checkpoints; logs a pt2 model to MLflow."""
+    """Full training with tuned params, resumable from lake checkpoints; logs a pt2 model to MLflow.
+
+    Training starts from `start` (scratch, pretrained weights or the parent's backbone, whose architecture
+    then wins over the tuned one); the trained weights go to the lake as safetensors for children to
+    start from, and the lineage of both into the run's params and the returned ModelRef."""
     classes = label_task(index, kind, group).classes
     common = {
         "task": kind,
@@ -94,19 +111,29 @@ def run_training(
     }
     if single_species(index, kind, group):
         return ModelRef(**common, image_size=index.image_size)
+    start = start or StartingPoint(None, "scratch")
     config = dataclasses.replace(base, **{k: params[k] for k in TUNED_FIELDS if k in params})
+    if start.backbone:
+        config = dataclasses.replace(config, backbone=start.backbone)
     train, val = training_data(store, store.lake_bucket, index, kind, group, config.seed, per_class)
     name = f"{kind}{'-' + group if group else ''}"
-    checkpoint_key = f"checkpoints/{index.dataset_version}/{name}/{fingerprint(dataclasses.asdict(config))}.pt"
+    key_fields = {**dataclasses.asdict(config), **start.lineage()}
+    checkpoint_key = f"checkpoints/{index.dataset_version}/{name}/{fingerprint(key_fields)}.pt"
     with registry.run(name, _tags(index, kind, group)) as run_id:
-        registry.log_params(run_id, {**dataclasses.asdict(config), "train_images": len(train), "val_images": len(val)})
+        registry.log_params(
+            run_id,
+            {**dataclasses.asdict(config), "train_images": len(train), "val_images": len(val), **start.lineage()},
+        )
         result = train_classifier(
             train,
             val,
             config,
             checkpoints=LakeCheckpoints(store, store.lake_bucket, checkpoint_key),
             on_epoch=lambda epoch, metrics: registry.log_metrics(run_id, metrics, step=epoch),
+            init=start.pretrained,
         )
+        weights_uri, weights_sha256 = save_trained(store, result.state_dict)
+        registry.log_params(run_id, {"weights_uri": weights_uri, "weights_sha256": weights_sha256})
         model = create_classifier(config.backbone, len(classes), config.drop_rate)
         model.load_state_dict(result.state_dict)
         example = to_model_input(np.zeros((2, index.image_size, index.image_size, 3), np.uint8)).numpy()
@@ -140,4 +167,7 @@ def run_training(
         parameter_count=result.parameter_count,
         train_seconds=result.train_seconds,
         params={**dataclasses.asdict(config), "resumed_from_epoch": result.resumed_from_epoch},
+        weights_uri=weights_uri,
+        weights_sha256=weights_sha256,
+        lineage=tuple(sorted(start.lineage().items())),
     )

@@ -33,6 +33,13 @@ DATASET_VERSION = "dataset_version"
 DATASET_URI = "dataset_uri"
 GROUP = "group"
 TEST_ACCURACY = "test_accuracy"
+# Lineage of the weights: where training started, and the trained state dict (safetensors in the lake).
+INIT_FROM = "init_from"  # "scratch" | "weights" (a pretrained source) | "parent" (the parent's backbone)
+INIT_SOURCE = "init_source"  # the weights source as configured: timm:<name>, hf-hub:<repo>, s3://..., a path
+INIT_SHA256 = "init_sha256"  # of the starting weights' safetensors bytes
+INIT_PARENT_RUN = "init_parent_run_id"  # the MLflow run of the parent a child started from
+WEIGHTS_URI = "weights_uri"
+WEIGHTS_SHA256 = "weights_sha256"
 
 # The parent's group -> species mapping: an artifact of the version's run, pointed at by these tags.
 GROUP_SPECIES_URI = "group_species_uri"  # runs:/<run_id>/<GROUP_SPECIES_DIR>/<sha256>.json

@@ -77,6 +77,13 @@ class ObjectStore(dg.ConfigurableResource):
     def read(self, bucket: str, key: str) -> bytes:
         return self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
 
+    def read_uri(self, uri: str) -> bytes:
+        """The object an `s3://bucket/key` URI names (weights, artifacts referenced by URI)."""
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        if not uri.startswith("s3://") or not bucket or not key:
+            raise ValueError(f"not an s3://bucket/key URI: {uri!r}")
+        return self.read(bucket, key)
+
     def write(self, bucket: str, key: str, data: bytes) -> None:
         if len(data) > MULTIPART_THRESHOLD:
             config = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD)

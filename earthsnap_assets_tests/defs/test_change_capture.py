@@ -177,6 +177,12 @@ def test_one_groups_upload_reruns_only_that_groups_partitions_and_retrains_only_
     )
     assert trained.success and {p for _, p in _materialized_keys(trained)} == {"birds"}
 
+    # a new parent (children warm-start from it) is not a reason to retrain hundreds of children
+    new_parent = dg.AssetMaterialization("parent_model", tags={"dagster/data_version": "parent-v2"})
+    lake.instance.report_runless_asset_event(new_parent)
+    after_parent = dg.evaluate_automation_conditions(defs=defs, instance=lake.instance, cursor=after_fan_in.cursor)
+    assert not {k for k, _ in requested(after_parent)} & {"child_hyperparams", "child_model"}
+
 
 def _materialized_keys(result) -> set[tuple[str, str | None]]:
     return {(e.asset_key.to_user_string(), e.partition) for e in result.get_asset_materialization_events()}

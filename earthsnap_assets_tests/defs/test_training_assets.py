@@ -1,5 +1,7 @@
 """Tuning, training, evaluation and registration materialized in-process on the real stack (tiny models)."""
 
+import hashlib
+
 import pytest
 from mlflow import MlflowClient
 
@@ -30,6 +32,17 @@ def test_new_groups_become_partitions_and_everything_trains_and_registers(traine
     other = next(g for g in groups if g != "solo")
     child = _meta(results["children"][other], "registered_child", other)
     assert child["registered_model"] == f"earthsnap-child-{other}" and child["approval"] == "pending"
+    # lineage: the parent started from scratch (CPU preset), every child from the parent's trained backbone
+    parent_model = _meta(results["parent"], "parent_model")
+    assert version.tags["init_from"] == "scratch" and version.tags["weights_sha256"] == parent_model["weights_sha256"]
+    child_model = _meta(results["children"][other], "child_model", other)
+    assert child_model["init_from"] == "parent" and child_model["init_sha256"] == parent_model["weights_sha256"]
+    assert child_model["init_parent_run_id"] == parent_model["mlflow_run_id"]
+    assert child_model["backbone"] == parent_model["backbone"]
+    child_tags = client.get_model_version(child["registered_model"], child["version"]).tags
+    assert child_tags["init_from"] == "parent" and child_tags["init_sha256"] == parent_model["weights_sha256"]
+    stored = lake.store.read_uri(parent_model["weights_uri"])  # the bytes the sha256 names, in the lake
+    assert hashlib.sha256(stored).hexdigest() == parent_model["weights_sha256"]
     evaluation = _meta(results["children"][other], "child_evaluation", other)
     assert 0.0 <= evaluation["accuracy"] <= 1.0 and "confusion_matrix" in evaluation
 
