@@ -45,6 +45,7 @@ class Settings:
       EARTHSNAP_RAW_EVENTS [filer://127.0.0.1:<filer port>]: where raw-bucket change events come from;
         on AWS the URL of the SQS queue that the raw bucket's S3 Event Notifications feed
       EARTHSNAP_SENSOR_INTERVAL_S [unset: 15 s change capture, 30 s automation]: both, when set (tests use 5)
+      EARTHSNAP_PRESET [cpu]: the training preset (`ml/presets.py`: cpu or gpu) of runs that name none
     """
 
     home: Path
@@ -65,6 +66,7 @@ class Settings:
     staging_port: int = 8101
     production_port: int = 8102
     sensor_interval_s: int | None = None
+    preset: str = "cpu"
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -92,6 +94,7 @@ class Settings:
             staging_port=_int(env, "EARTHSNAP_STAGING_PORT", 8101),
             production_port=_int(env, "EARTHSNAP_PRODUCTION_PORT", 8102),
             sensor_interval_s=_int(env, "EARTHSNAP_SENSOR_INTERVAL_S", 0) or None,
+            preset=env.get("EARTHSNAP_PRESET") or "cpu",
             env=env,
         )
 

@@ -1,28 +1,41 @@
-"""Run configuration of the training stage, shared by the parent and child assets."""
+"""Run configuration of the training stage, shared by the parent and child assets.
+
+Fields left unset (None) take the training preset's value (`ml/presets.py`: `cpu` for the demo and CI,
+`gpu` for real photos), chosen by `preset:` here or `EARTHSNAP_PRESET`; a value set in a run's config wins.
+"""
 
 import dataclasses
+from typing import Any, ClassVar
 
 import dagster as dg
 from pydantic import Field
 
-from earthsnap_assets.ml.models import BACKBONES
+from earthsnap_assets.ml.presets import preset
 from earthsnap_assets.ml.train import TrainConfig
 from earthsnap_assets.ml.tuning import SearchSpace, TuningBudget
+from earthsnap_assets.settings import Settings
+
+FROM_PRESET = "None = the preset's"
 
 
 class TrainingConfig(dg.Config):
-    batch_size: int = 32
-    patience: int = Field(4, description="early stopping: epochs without a better validation accuracy")
+    kind: ClassVar[str] = "parent"  # whose preset values apply: "parent" (and the flat baseline) or "child"
+
+    preset: str | None = Field(None, description="training preset: cpu | gpu (None = EARTHSNAP_PRESET, else cpu)")
+    batch_size: int | None = Field(None, description=FROM_PRESET)
+    patience: int | None = Field(
+        None, description=f"early stopping: epochs without a better val accuracy; {FROM_PRESET}"
+    )
     label_smoothing: float = 0.1
     class_weighting: bool = Field(True, description="inverse-frequency class weights against imbalance")
     warmup_epochs: float = 1.0
     max_train_seconds: float | None = None
     seed: int = 0
     per_class: int | None = Field(None, description="parent: images per group (None = smallest group)")
-    weights: str = Field(
-        "none",
+    weights: str | None = Field(
+        None,
         description="starting weights: none, timm:<model>[.<tag>] or hf-hub:<org>/<repo> (from the local Hugging "
-        "Face cache), s3://bucket/key.safetensors or a path; the sha256 is recorded on the model",
+        f"Face cache), s3://bucket/key.safetensors or a path; the sha256 is recorded on the model; {FROM_PRESET}",
     )
     allow_download: bool = Field(False, description="let hub weights download when not in the local cache")
     warm_start: str = Field(
@@ -30,33 +43,49 @@ class TrainingConfig(dg.Config):
         description="children: 'parent' starts from the parent's trained backbone (its architecture), "
         "'weights' from `weights`",
     )
-    layer_decay: float | None = Field(None, description="layer-wise LR decay for fine-tuning (timm), e.g. 0.75")
-    freeze_epochs: int = Field(0, description="epochs that train only the new head before the whole network")
+    layer_decay: float | None = Field(None, description=f"layer-wise LR decay (timm), 1.0 = off; {FROM_PRESET}")
+    freeze_epochs: int | None = Field(None, description=f"epochs training only the new head first; {FROM_PRESET}")
+
+    def resolved(self) -> dict[str, Any]:
+        """The preset's values for this kind of model, overridden by every field this run set."""
+        values = preset(self.preset or Settings.from_env().preset).values(self.kind)
+        return {**values, **{k: v for k, v in self.model_dump().items() if v is not None}}
 
     def base(self) -> TrainConfig:
+        values = self.resolved()
+        if values.get("layer_decay") == 1.0:
+            values["layer_decay"] = None
         fields = {f.name for f in dataclasses.fields(TrainConfig)}
-        return TrainConfig(**{k: v for k, v in self.model_dump().items() if k in fields})
+        return TrainConfig(**{k: v for k, v in values.items() if k in fields})
+
+    def weights_source(self) -> str:
+        return self.resolved()["weights"]
 
 
 class TuningConfig(TrainingConfig):
     """Search budget and space, plus the training settings every trial uses."""
 
-    trials: int = Field(6, description="at most this many trials")
+    trials: int | None = Field(None, description=f"at most this many trials; {FROM_PRESET}")
     seconds: float = Field(300.0, description="and at most this long")
-    subset_per_class: int = Field(40, description="tuning trains on this many images per class")
-    backbone_choices: list[str] = Field(list(BACKBONES[:2]), description="timm backbones to choose from")
-    epoch_choices: list[int] = Field([6, 12], description="epoch counts to choose from")
-    lr_min: float = 3e-4
-    lr_max: float = 1e-2
-    seed: int = 0
+    subset_per_class: int | None = Field(
+        None, description=f"tuning trains on this many images per class; {FROM_PRESET}"
+    )
+    backbone_choices: list[str] | None = Field(None, description=f"timm backbones to choose from; {FROM_PRESET}")
+    epoch_choices: list[int] | None = Field(None, description=f"epoch counts to choose from; {FROM_PRESET}")
+    lr_min: float | None = None
+    lr_max: float | None = None
 
     def space(self) -> SearchSpace:
+        v = self.resolved()
         return SearchSpace(
-            tuple(self.backbone_choices), lr=(self.lr_min, self.lr_max), epochs=tuple(self.epoch_choices)
+            tuple(v["backbone_choices"]), lr=(v["lr_min"], v["lr_max"]), epochs=tuple(v["epoch_choices"])
         )
 
     def budget(self) -> TuningBudget:
-        return TuningBudget(trials=self.trials, seconds=self.seconds, seed=self.seed)
+        return TuningBudget(trials=self.resolved()["trials"], seconds=self.seconds, seed=self.seed)
+
+    def subset(self) -> int | None:
+        return self.resolved()["subset_per_class"]
 
 
 class GateConfig(dg.Config):
@@ -65,24 +94,16 @@ class GateConfig(dg.Config):
 
 
 class ChildTrainingConfig(TrainingConfig):
-    """Children see few images per class: smaller batches and more patience give them enough steps."""
+    """Children see few images per class: the presets give them smaller batches and more patience."""
 
-    batch_size: int = 16
-    patience: int = Field(12, description="early stopping: epochs without a better validation accuracy")
+    kind: ClassVar[str] = "child"
 
 
 class ChildTuningConfig(TuningConfig):
-    """A child's search: the residual backbone (it learns within-group traits from ~40 photos per species,
-    where the ConvNeXt-style one stayed at chance in our runs), longer schedules, three trials."""
+    """A child's search (the preset's child values): when it starts from the parent's backbone, the
+    backbone is the parent's and the search tunes the rest."""
 
-    batch_size: int = 16
-    patience: int = 12
-    lr_min: float = 5e-4
-    lr_max: float = 4e-3
-    trials: int = Field(3, description="at most this many trials")
-    subset_per_class: int = Field(30, description="tuning trains on this many images per class")
-    backbone_choices: list[str] = Field(["test_resnet"], description="timm backbones to choose from")
-    epoch_choices: list[int] = Field([30], description="epoch counts to choose from")
+    kind: ClassVar[str] = "child"
 
 
 class ChildGateConfig(GateConfig):

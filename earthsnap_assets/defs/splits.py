@@ -43,7 +43,7 @@ def dataset_splits(
         result.layout_id,
         store.lake_bucket,
         result.index_key,
-        dataset.image_size,
+        dataset.resolution(),
         labels={group: species},
         counts=result.counts,
         group=group,

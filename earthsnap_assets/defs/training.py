@@ -31,8 +31,8 @@ def parent_weights(instance: dg.DagsterInstance) -> ParentWeights | None:
 def starting_point(context, store: ObjectStore, config: TrainingConfig, kind: str) -> StartingPoint:
     if kind == "child":
         parent = parent_weights(context.instance) if config.warm_start == "parent" else None
-        return for_child(store, config.warm_start, parent, config.weights, config.allow_download)
-    return configured(store, config.weights, config.allow_download)
+        return for_child(store, config.warm_start, parent, config.weights_source(), config.allow_download)
+    return configured(store, config.weights_source(), config.allow_download)
 
 
 def _train(context, store, registry, data: DatasetRef, kind, group, params: dict, config: TrainingConfig):

@@ -18,7 +18,7 @@ def _tune(context, store, registry, data: DatasetRef, kind: str, group: str | No
     index = index_of(store, data)
     start = starting_point(context, store, config, kind)
     space, budget, base = config.space(), config.budget(), config.base()
-    best = run_tuning(store, registry, index, kind, group, space, budget, base, config.subset_per_class, start)
+    best = run_tuning(store, registry, index, kind, group, space, budget, base, config.subset(), start)
     metadata = {k: v for k, v in best.items() if isinstance(v, int | float | str | bool)}
     return dg.Output(best, metadata={**metadata, "dataset_version": data.data_version})
 

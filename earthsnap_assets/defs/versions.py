@@ -99,7 +99,7 @@ def parent_sample(
         layout.layout_id,
         store.lake_bucket,
         committed["index"],
-        dataset.image_size,
+        dataset.resolution(),
         labels=committed["labels"],
         counts=committed["counts"],
     )

@@ -17,7 +17,9 @@ from earthsnap_assets.lake.manifest import ManifestConfig
 from earthsnap_assets.lake.sample import SampleConfig
 from earthsnap_assets.lake.splits import SplitConfig
 from earthsnap_assets.ml.preprocessing import PreprocessConfig
+from earthsnap_assets.ml.presets import preset
 from earthsnap_assets.ml.quality import QualityRules
+from earthsnap_assets.settings import Settings
 
 
 class DatasetSettings(dg.ConfigurableResource):
@@ -30,7 +32,9 @@ class DatasetSettings(dg.ConfigurableResource):
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     split_seed: int = Field(0, description="order in which new images fill split quotas")
-    image_size: int = Field(64, description="training resolution (square, pixels); small suits CPU training")
+    image_size: int | None = Field(
+        None, description="training resolution (square, pixels); None = the training preset's (cpu 64, gpu 224)"
+    )
     shard_size: int = Field(1024, description="images per full shard")
     max_delta_shards: int = Field(8, description="per group and split; more are compacted into full shards")
     content_buckets: int = Field(256, description="sha256 buckets of the global content table (fixed once it exists)")
@@ -51,8 +55,12 @@ class DatasetSettings(dg.ConfigurableResource):
             max_rejection_rate=self.max_rejection_rate,
         )
 
+    def resolution(self) -> int:
+        """The layout's image size: set here, or the training preset's (read at run time, not import)."""
+        return self.image_size or preset(Settings.from_env().preset).image_size
+
     def preprocess(self) -> PreprocessConfig:
-        return PreprocessConfig(image_size=self.image_size)
+        return PreprocessConfig(image_size=self.resolution())
 
     def manifest(self) -> ManifestConfig:
         splits = SplitConfig(self.val_fraction, self.test_fraction, self.split_seed)

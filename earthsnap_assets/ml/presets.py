@@ -1,0 +1,97 @@
+"""Named training presets: the settings a user picks by name instead of tuning twenty knobs.
+
+``cpu``  the demo and CI: 64 px photos, timm's tiny from-scratch backbones, short schedules; a laptop or a
+         2-core runner trains the whole hierarchy in minutes. Children warm-start from the parent's backbone.
+``gpu``  real photos on a GPU pool: 224 px, a modern small pretrained backbone (ConvNeXt-Tiny, ImageNet-12k
+         then 1k weights from the local Hugging Face cache, sha256 recorded), fine-tuned with layer-wise LR
+         decay after a one-epoch frozen warm-up; children warm-start from the parent's fine-tuned backbone.
+
+The preset is chosen by ``EARTHSNAP_PRESET`` (default ``cpu``) or per run (`preset:` in an asset's config);
+any field set explicitly in a run's config wins over the preset's value. The image size belongs to the data
+side (a layout is built at one resolution), so switching presets builds new layouts: a new dataset
+layout, never a silently mixed one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT = "cpu"
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    image_size: int
+    parent: dict[str, Any]  # TrainingConfig / TuningConfig values of the parent and the flat baseline
+    child: dict[str, Any] = field(default_factory=dict)  # overrides of `parent` for the children
+
+    def values(self, kind: str) -> dict[str, Any]:
+        """Config values for `kind` ("parent", "flat" or "child")."""
+        return {**self.parent, **(self.child if kind == "child" else {})}
+
+
+PRESETS: dict[str, Preset] = {
+    "cpu": Preset(
+        name="cpu",
+        image_size=64,
+        parent={
+            "weights": "none",
+            "batch_size": 32,
+            "patience": 4,
+            "backbone_choices": ["test_convnext", "test_resnet"],
+            "epoch_choices": [6, 12],
+            "lr_min": 3e-4,
+            "lr_max": 1e-2,
+            "trials": 6,
+            "subset_per_class": 40,
+            "layer_decay": None,
+            "freeze_epochs": 0,
+        },
+        child={
+            "batch_size": 16,
+            "patience": 12,
+            "backbone_choices": ["test_resnet"],  # used only when a child does not start from the parent
+            "epoch_choices": [30],
+            "lr_min": 5e-4,
+            "lr_max": 4e-3,
+            "trials": 3,
+            "subset_per_class": 30,
+        },
+    ),
+    "gpu": Preset(
+        name="gpu",
+        image_size=224,
+        parent={
+            "weights": "timm:convnext_tiny.in12k_ft_in1k",
+            "batch_size": 128,
+            "patience": 3,
+            "backbone_choices": ["convnext_tiny"],
+            "epoch_choices": [8, 15],
+            "lr_min": 5e-5,
+            "lr_max": 1e-3,
+            "trials": 4,
+            "subset_per_class": 200,
+            "layer_decay": 0.75,
+            "freeze_epochs": 1,
+        },
+        child={
+            "batch_size": 64,
+            "patience": 4,
+            "epoch_choices": [5, 10],  # from the parent's fine-tuned backbone: a short schedule suffices
+            "lr_min": 2e-5,
+            "lr_max": 5e-4,
+            "trials": 3,
+            "subset_per_class": 60,
+        },
+    ),
+}
+
+
+def preset(name: str | None) -> Preset:
+    """The preset called `name` (None: the default); an unknown name is an error listing the known ones."""
+    key = name or DEFAULT
+    if key not in PRESETS:
+        raise ValueError(f"unknown training preset {key!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[key]
