@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import time
@@ -305,12 +304,16 @@ def _wait_production(registry, wanted: dict[str, str], timeout: float) -> dict[s
 
 
 def _predict_sample(settings: Settings) -> None:
+    """Fresh photos of every species (never seen in training) through the production endpoint, scored."""
+    from earthsnap_assets.demo import showcase
     from earthsnap_assets.deployment.stage_tests import post
+    from earthsnap_assets.lake.taxonomy import parse_taxonomy
 
-    sample = next(p for p in sorted((settings.home / "demo-data").glob("*/img_0001.*")))
-    status, answer = post(f"{settings.endpoint_url('production')}/predict?top_k=3", sample.read_bytes())
-    click.echo(f"  POST {sample.parent.name}/{sample.name} -> {status}")
-    click.echo("  " + json.dumps(answer, indent=2).replace("\n", "\n  "))
+    taxonomy = parse_taxonomy((settings.home / "demo-data" / "taxonomy.csv").read_text())
+    url = f"{settings.endpoint_url('production')}/predict?top_k=3"
+    result = showcase.run(taxonomy.species_to_group, lambda data: post(url, data, content_type="image/jpeg"))
+    for line in result.lines():
+        click.echo(f"  {line}")
 
 
 AUTOMATION_SENSORS = ("raw_change_sensor", "earthsnap_automation")
@@ -400,7 +403,7 @@ def demo(ctx: click.Context, images_per_species: int, auto_approve: bool, loop: 
         click.echo("   in the MLflow UI or runs `earthsnap approve MODEL VERSION`")
         deployed = _demo_approve_and_deploy()
         if names.PARENT in deployed:
-            click.echo("== a prediction from the production endpoint")
+            click.echo("== predictions from the production endpoint on photos it never saw")
             _predict_sample(settings)
     else:
         click.echo("== waiting for a person: approve versions with `earthsnap approve MODEL VERSION`")
