@@ -21,10 +21,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from earthsnap_assets.ml.checkpoints import CheckpointStore, restore_run, save_run
-from earthsnap_assets.ml.data import LabeledArrays, ShardStream, make_loader
-from earthsnap_assets.ml.device import autocast, is_cuda, pick_device, prepare_model, to_device_batch
+from earthsnap_assets.ml.data import LabeledArrays, ShardStream
+from earthsnap_assets.ml.device import autocast, pick_device, prepare_model, to_device_batch
+from earthsnap_assets.ml.feeding import RESIDENT_FRACTION, Feed, make_feed, steps_per_epoch
 from earthsnap_assets.ml.models import DEFAULT_BACKBONE, create_classifier, parameter_count
-from earthsnap_assets.ml.transforms import as_tensor, augment_batch, to_model_input
+from earthsnap_assets.ml.ranks import (
+    check_world_size,
+    data_parallel,
+    from_rank_zero,
+    is_distributed,
+    is_rank_zero,
+    rank_seed,
+    share,
+    share_restored,
+    sum_over_ranks,
+)
+from earthsnap_assets.ml.transforms import as_tensor, to_model_input
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +59,24 @@ class TrainConfig:
     max_train_seconds: float | None = None  # checked at the end of each epoch
     num_workers: int = 0  # DataLoader workers, used when training from a ShardStream
     drop_rate: float = 0.0
+    # Data parallel: processes (one per GPU) that each train on batch_size / world_size rows of every batch.
+    world_size: int = 1
+    gpu_resident_fraction: float = RESIDENT_FRACTION  # of free GPU memory the uint8 train pixels may fill
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2:
             raise ValueError("epochs must be >= 1 and batch_size >= 2")
+        if self.world_size < 1 or self.batch_size % self.world_size or self.batch_size // self.world_size < 2:
+            raise ValueError(f"batch_size {self.batch_size} must split into >= 2 rows per each of {self.world_size}")
 
     def resume_key(self) -> dict[str, Any]:
-        """The fields that shape the weights: a checkpoint made under other values is not resumed."""
-        return {k: v for k, v in asdict(self).items() if k not in ("max_train_seconds", "num_workers")}
+        """The fields that shape the weights: a checkpoint made under other values is not resumed.
+
+        `world_size` is left out: the global batch does not depend on it, so a run may resume on another
+        number of GPUs (bit-identical resumes need the same one).
+        """
+        ignored = ("max_train_seconds", "num_workers", "world_size", "gpu_resident_fraction")
+        return {k: v for k, v in asdict(self).items() if k not in ignored}
 
 
 @dataclass
@@ -98,6 +120,7 @@ class _Parts:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     loss_fn: nn.Module
+    step_model: nn.Module | None = None  # what the step calls: `model`, or its DDP wrapper in a process group
 
     def stateful(self) -> dict[str, Any]:
         return {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler}
@@ -120,11 +143,6 @@ def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
     return int(np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, stream]).generate_state(1)[0])
 
 
-def steps_per_epoch(size: int, batch_size: int) -> int:
-    """Batches per epoch; a last batch of one sample is dropped (BatchNorm cannot train on it)."""
-    return size // batch_size + (1 if size % batch_size > 1 else 0)
-
-
 def class_weights(counts: np.ndarray) -> torch.Tensor:
     """Inverse-frequency weights, mean 1 over present classes: rare classes count as much as common ones."""
     counts = counts.astype(np.float64)
@@ -142,33 +160,13 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=config.lr)
 
 
-def _array_batches(data: LabeledArrays, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
-    order = torch.randperm(len(data), generator=generator).numpy()
-    for start in range(0, steps_per_epoch(len(data), batch_size) * batch_size, batch_size):
-        rows = order[start : start + batch_size]
-        yield torch.from_numpy(data.pixels[rows]), torch.from_numpy(data.labels[rows])
-
-
-def _epoch_batches(
-    data: TrainData, epoch: int, config: TrainConfig, generator: torch.Generator, device: torch.device
-) -> Iterator[Batch]:
-    """Shuffled batches of uint8 pixels: from memory with `generator`, or streamed in (seed, epoch) order."""
-    if isinstance(data, LabeledArrays):
-        return _array_batches(data, config.batch_size, generator)
-    data.set_epoch(epoch)
-    workers = config.num_workers if is_cuda(device) else 0  # on CPU a worker only takes cores from the step
-    loader = make_loader(data, config.batch_size, num_workers=workers, pin_memory=is_cuda(device))
-    return (batch for batch in loader if batch[1].numel() > 1)
-
-
-def _train_epoch(parts: _Parts, batches: Iterator[Batch], generator: torch.Generator, device: torch.device) -> dict:
-    model, optimizer = parts.model.train(), parts.optimizer
+def _train_epoch(parts: _Parts, batches: Iterator[Batch], device: torch.device) -> dict:
+    """Steps over model-ready (inputs, targets) batches; metrics are over every rank's rows."""
+    model, optimizer = (parts.step_model or parts.model).train(), parts.optimizer
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     seen, lr, started = 0, optimizer.param_groups[0]["lr"], time.perf_counter()
-    for pixels, labels in batches:
-        inputs = to_device_batch(augment_batch(to_device_batch(pixels, device), generator), device)
-        targets = labels.to(device, non_blocking=True)
+    for inputs, targets in batches:
         with autocast(device):
             logits = model(inputs)
         loss = parts.loss_fn(logits.float(), targets)
@@ -181,6 +179,9 @@ def _train_epoch(parts: _Parts, batches: Iterator[Batch], generator: torch.Gener
         correct += (logits.detach().argmax(dim=1) == targets).sum()
         seen += targets.numel()
     seconds = time.perf_counter() - started
+    if is_distributed():
+        total_loss, correct, counted = sum_over_ranks(total_loss, correct, torch.tensor(seen))
+        seen = int(counted.item())
     return {
         "train_loss": total_loss.item() / max(seen, 1),
         "train_accuracy": correct.item() / max(seen, 1),
@@ -244,15 +245,17 @@ def _build(train: TrainData, config: TrainConfig, device: torch.device) -> _Part
 
 
 def _run_epoch(
-    parts: _Parts, train: TrainData, val: LabeledArrays, epoch: int, config: TrainConfig, device: torch.device
+    parts: _Parts, feed: Feed, val: LabeledArrays, epoch: int, config: TrainConfig, device: torch.device
 ) -> dict[str, float]:
-    """One epoch whose randomness (order, augmentation, dropout) is a function of (seed, epoch) alone."""
+    """One epoch whose randomness (order, augmentation, dropout) is a function of (seed, epoch) alone.
+
+    In a process group every rank trains on its share of each batch; rank 0 evaluates, for all.
+    """
     started = time.perf_counter()
     generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))
-    torch.manual_seed(epoch_seed(config.seed, epoch, stream=1))  # dropout and other global-RNG layers
-    batches = _epoch_batches(train, epoch, config, generator, device)
-    metrics = _train_epoch(parts, batches, generator, device)
-    metrics |= _evaluate(parts.model, val, config.batch_size * 2, device)
+    torch.manual_seed(rank_seed(epoch_seed(config.seed, epoch, stream=1)))  # dropout and other global-RNG layers
+    metrics = _train_epoch(parts, feed.epoch(epoch, generator), device)
+    metrics |= from_rank_zero(lambda: _evaluate(parts.model, val, config.batch_size * 2, device))
     return metrics | {"epoch": epoch, "seconds": time.perf_counter() - started}
 
 
@@ -270,28 +273,44 @@ def train_classifier(
 
     `train` is in-memory arrays or a `ShardStream`; `on_epoch(epoch, metrics)` runs after each epoch's
     checkpoint (for metric logging), `should_prune(epoch, val_accuracy)` can stop a hopeless trial.
+
+    Inside a `torch.distributed` process group of `config.world_size` processes (`distributed.train_distributed`,
+    or torchrun) this trains data-parallel: rank 0 alone reads and writes `checkpoints`, decides on stopping
+    and calls `on_epoch`; the other ranks' results mirror rank 0's metrics.
     """
     if len(train) < 2 or len(val) == 0 or len(train.classes) < 2:
         raise ValueError(f"need >= 2 train rows, >= 1 val row and >= 2 classes ({len(train)}, {len(val)})")
+    check_world_size(config.world_size)
     device = device or pick_device()
     parts = _build(train, config, device)
     key = {"config": config.resume_key(), "classes": list(train.classes), "train": len(train), "val": len(val)}
-    restored = restore_run(checkpoints, key, parts.stateful())
+    restored = restore_run(checkpoints if is_rank_zero() else None, key, parts.stateful())
+    restored = share_restored(restored, parts.stateful())
     progress = Progress(**restored) if restored else Progress()
     resumed_from = progress.next_epoch - 1 if restored else None
+    parts.step_model = data_parallel(parts.model, device)
+    feed = make_feed(
+        train,
+        config.batch_size,
+        device,
+        share=share(),
+        num_workers=config.num_workers,
+        resident_fraction=config.gpu_resident_fraction,
+    )
     for epoch in range(progress.next_epoch, config.epochs):
         if progress.stop_reason:
             break
-        metrics = _run_epoch(parts, train, val, epoch, config, device)
+        metrics = _run_epoch(parts, feed, val, epoch, config, device)
         _record(progress, epoch, metrics, parts.model, config)
         if should_prune is not None and should_prune(epoch, metrics["val_accuracy"]):
             progress.stop_reason = "pruned"
         elif config.max_train_seconds is not None and progress.train_seconds >= config.max_train_seconds:
             progress.stop_reason = progress.stop_reason or "time_limit"
-        if checkpoints is not None:
+        progress.stop_reason = from_rank_zero(lambda: progress.stop_reason)
+        if checkpoints is not None and is_rank_zero():
             save_run(checkpoints, key, parts.stateful(), dict(vars(progress)))
         log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in metrics.items()})
-        if on_epoch is not None:
+        if on_epoch is not None and is_rank_zero():
             on_epoch(epoch, metrics)
     return _result(progress, list(train.classes), config, parameter_count(parts.model), resumed_from)
 

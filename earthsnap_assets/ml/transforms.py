@@ -64,8 +64,8 @@ def preprocess_bytes(data: bytes, image_size: int) -> torch.Tensor:
     return to_model_input(load_image_array(data, PreprocessConfig(image_size=image_size)))[None]
 
 
-def _crop_flip_grid(n: int, height: int, width: int, u: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """`grid_sample` grid (N x H x W x 2) of a random resized crop with a random h-flip.
+def _crop_flip_grid(n: int, height: int, width: int, u: torch.Tensor) -> torch.Tensor:
+    """`grid_sample` grid (N x H x W x 2) of a random resized crop with a random h-flip, on `u`'s device.
 
     The transform is axis-aligned, so x depends only on the output column and y only on the row: two
     N x W / N x H vectors broadcast into the grid, instead of `affine_grid`'s batched matmul over every pixel.
@@ -78,15 +78,15 @@ def _crop_flip_grid(n: int, height: int, width: int, u: torch.Tensor, device: to
     center_x = (1.0 - crop_w) * (2.0 * u[:, 2] - 1.0)
     center_y = (1.0 - crop_h) * (2.0 * u[:, 3] - 1.0)
     flip = torch.where(u[:, 4] < 0.5, -1.0, 1.0)
-    gx = _base_coords(width) * (crop_w * flip)[:, None] + center_x[:, None]  # N x W
-    gy = _base_coords(height) * crop_h[:, None] + center_y[:, None]  # N x H
-    gx, gy = gx.to(device)[:, None, :].expand(n, height, width), gy.to(device)[:, :, None].expand(n, height, width)
+    gx = _base_coords(width, u.device) * (crop_w * flip)[:, None] + center_x[:, None]  # N x W
+    gy = _base_coords(height, u.device) * crop_h[:, None] + center_y[:, None]  # N x H
+    gx, gy = gx[:, None, :].expand(n, height, width), gy[:, :, None].expand(n, height, width)
     return torch.stack((gx, gy), dim=-1)
 
 
-def _base_coords(size: int) -> torch.Tensor:
+def _base_coords(size: int, device: torch.device) -> torch.Tensor:
     """Pixel centres in [-1, 1] (align_corners=False), as `affine_grid` places them."""
-    return (torch.arange(size, dtype=torch.float32) * 2.0 + 1.0) / size - 1.0
+    return (torch.arange(size, dtype=torch.float32, device=device) * 2.0 + 1.0) / size - 1.0
 
 
 def _color_jitter_(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
@@ -100,19 +100,44 @@ def _color_jitter_(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     return x.sub_(gray).mul_(saturation).add_(gray).clamp_(0.0, 1.0)
 
 
+AUGMENT_DRAWS = 8  # uniform numbers per sample: crop area, ratio, x, y, flip, 3 jitter factors
+
+
+def augment_draws(n: int, generator: torch.Generator) -> torch.Tensor:
+    """The random numbers `augment_with` uses for `n` samples (N x 8, CPU), in one draw from `generator`.
+
+    Separate from applying them so a data-parallel rank can draw a whole global batch's numbers, keeping the
+    generator in step with a single process, and apply only the rows of its own slice.
+    """
+    return torch.rand(n, AUGMENT_DRAWS, generator=generator)
+
+
 def augment_batch(batch_uint8_nhwc: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Random resized crop, horizontal flip and colour jitter per sample -> normalised float NCHW.
 
     All random numbers come from `generator` (a CPU generator; the batch may live on any device) in one
     draw, so the result depends only on the batch and the generator's state.
     """
+    _check_batch(batch_uint8_nhwc)
+    return augment_with(batch_uint8_nhwc, augment_draws(batch_uint8_nhwc.shape[0], generator))
+
+
+def augment_with(batch_uint8_nhwc: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+    """`augment_batch` with its random numbers given (`augment_draws` rows, one per sample).
+
+    The crop grid and jitter factors are computed where the batch is: on a GPU, the draws cross once
+    instead of a grid and factors per step.
+    """
+    _check_batch(batch_uint8_nhwc)
+    n, device = batch_uint8_nhwc.shape[0], batch_uint8_nhwc.device
+    u = draws.to(device, non_blocking=True)
+    x = batch_uint8_nhwc.permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
+    grid = _crop_flip_grid(n, x.shape[2], x.shape[3], u)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    factors = 1.0 - JITTER + 2.0 * JITTER * u[:, 5:8]
+    return _normalize_(_color_jitter_(x, factors))
+
+
+def _check_batch(batch_uint8_nhwc: torch.Tensor) -> None:
     if batch_uint8_nhwc.dtype != torch.uint8 or batch_uint8_nhwc.dim() != 4:
         raise ValueError(f"expected a uint8 NHWC batch, got {batch_uint8_nhwc.dtype} {tuple(batch_uint8_nhwc.shape)}")
-    n = batch_uint8_nhwc.shape[0]
-    u = torch.rand(n, 8, generator=generator)
-    device = batch_uint8_nhwc.device
-    x = batch_uint8_nhwc.permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
-    grid = _crop_flip_grid(n, x.shape[2], x.shape[3], u, device)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    factors = (1.0 - JITTER + 2.0 * JITTER * u[:, 5:8]).to(device)
-    return _normalize_(_color_jitter_(x, factors))
