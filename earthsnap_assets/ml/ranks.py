@@ -98,8 +98,9 @@ def data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 def sum_over_ranks(*values: torch.Tensor) -> list[torch.Tensor]:
-    """Element-wise sums over ranks (float64), e.g. of per-rank loss totals and counts."""
-    stacked = torch.stack([v.detach().to(torch.float64).reshape(()) for v in values])
+    """Sums over ranks (float64, on the first value's device: nccl reduces CUDA tensors only) of scalars."""
+    device = values[0].device
+    stacked = torch.stack([v.detach().to(device, torch.float64).reshape(()) for v in values])
     if is_distributed():
         dist.all_reduce(stacked)
     return list(stacked.unbind())

@@ -178,13 +178,14 @@ def _train_epoch(parts: _Parts, batches: Iterator[Batch], device: torch.device) 
         total_loss += loss.detach() * targets.numel()
         correct += (logits.detach().argmax(dim=1) == targets).sum()
         seen += targets.numel()
-    seconds = time.perf_counter() - started
     if is_distributed():
         total_loss, correct, counted = sum_over_ranks(total_loss, correct, torch.tensor(seen))
         seen = int(counted.item())
+    loss_sum, hits = total_loss.item(), correct.item()  # waits for the GPU: its queued steps count in the time
+    seconds = time.perf_counter() - started
     return {
-        "train_loss": total_loss.item() / max(seen, 1),
-        "train_accuracy": correct.item() / max(seen, 1),
+        "train_loss": loss_sum / max(seen, 1),
+        "train_accuracy": hits / max(seen, 1),
         "lr": lr,
         "train_step_seconds": seconds,
         "images_per_second": seen / max(seconds, 1e-9),
