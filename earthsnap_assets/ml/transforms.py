@@ -8,6 +8,7 @@ is given, so an epoch's augmentation is a pure function of (batch, generator sta
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -26,19 +27,26 @@ JITTER = 0.3  # brightness / contrast / saturation factors drawn from [1 - JITTE
 _GRAY = (0.299, 0.587, 0.114)
 
 
+@functools.lru_cache(maxsize=32)
+def _constant(values: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small constant tensor, made once per device: `torch.tensor(list, device=gpu)` waits for the GPU's
+    queue to drain (a blocking copy), which three times a step would stall every training step. Read-only."""
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
 def normalize(x: torch.Tensor) -> torch.Tensor:
     """Float NCHW or CHW in [0, 1] -> normalised with MEAN/STD."""
     shape = (3, 1, 1)
-    mean = torch.tensor(MEAN, dtype=x.dtype, device=x.device).view(shape)
-    std = torch.tensor(STD, dtype=x.dtype, device=x.device).view(shape)
+    mean = _constant(MEAN, x.dtype, x.device).view(shape)
+    std = _constant(STD, x.dtype, x.device).view(shape)
     return (x - mean) / std
 
 
 def _normalize_(x: torch.Tensor) -> torch.Tensor:
     """`normalize` in place, for a float NCHW batch that nothing else holds."""
     shape = (3, 1, 1)
-    x.sub_(torch.tensor(MEAN, dtype=x.dtype, device=x.device).view(shape))
-    return x.div_(torch.tensor(STD, dtype=x.dtype, device=x.device).view(shape))
+    x.sub_(_constant(MEAN, x.dtype, x.device).view(shape))
+    return x.div_(_constant(STD, x.dtype, x.device).view(shape))
 
 
 def as_tensor(pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -91,7 +99,7 @@ def _base_coords(size: int, device: torch.device) -> torch.Tensor:
 
 def _color_jitter_(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     """Brightness, then contrast, then saturation, each with a per-sample factor; x is NCHW in [0, 1], in place."""
-    gray_weights = torch.tensor(_GRAY, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    gray_weights = _constant(_GRAY, x.dtype, x.device).view(1, 3, 1, 1)
     brightness, contrast, saturation = (factors[:, i].view(-1, 1, 1, 1) for i in range(3))
     x.mul_(brightness).clamp_(0.0, 1.0)
     mean_gray = (x * gray_weights).sum(dim=1, keepdim=True).mean(dim=(2, 3), keepdim=True)
@@ -130,6 +138,8 @@ def augment_with(batch_uint8_nhwc: torch.Tensor, draws: torch.Tensor) -> torch.T
     """
     _check_batch(batch_uint8_nhwc)
     n, device = batch_uint8_nhwc.shape[0], batch_uint8_nhwc.device
+    if device.type == "cuda":  # from pageable memory the copy could wait for the queued steps; pinned, it need not
+        draws = draws.pin_memory()
     u = draws.to(device, non_blocking=True)
     x = batch_uint8_nhwc.permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
     grid = _crop_flip_grid(n, x.shape[2], x.shape[3], u)
