@@ -253,6 +253,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.epochs, args.steps_per_epoch, args.val = 2, 2, 8
+    if args.epochs < 2:
+        parser.error("--epochs must be >= 2: the first epoch is not timed")
     if not args.cpu and not torch.cuda.is_available():
         parser.error("no CUDA device: pass --cpu")
     device = torch.device("cpu") if args.cpu else torch.device("cuda", 0)
