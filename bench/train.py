@@ -11,7 +11,7 @@ into an in-memory lake) and measures, on the flat task (every species) of its tr
   bare     timm model + AdamW + CrossEntropy over the same images already normalised in one float tensor:
            no augmentation, no loader, the same batch sizes and number of steps, 2 warm-up steps untimed
   loader   our data path without a model: batches exactly as the training step consumes them
-           (`_epoch_batches` + `augment_batch`), from arrays and from the `ShardStream` loader
+           (`feeding.make_feed(...).epoch`, augmented or not), from arrays and from the `ShardStream` loader
   --s3     the same dataset built through `ObjectStore()` (env `EARTHSNAP_S3_*`), then `load_split` and
            the `ShardStream` loader read back from it; two fresh buckets, deleted afterwards
 
@@ -51,9 +51,9 @@ from earthsnap_assets.lake.splits import SplitConfig
 from earthsnap_assets.lake.storage import Blobs, MemoryBlobs
 from earthsnap_assets.lake.taxonomy import Taxonomy
 from earthsnap_assets.ml.data import DatasetIndex, LabeledArrays, ShardStream, load_split
-from earthsnap_assets.ml.device import to_device_batch
+from earthsnap_assets.ml.feeding import make_feed, steps_per_epoch
 from earthsnap_assets.ml.quality import QualityRules
-from earthsnap_assets.ml.train import TrainConfig, _epoch_batches, epoch_seed, steps_per_epoch, train_classifier
+from earthsnap_assets.ml.train import TrainConfig, epoch_seed, train_classifier
 from earthsnap_assets.ml.transforms import augment_batch, to_model_input
 from earthsnap_assets.pipeline.tasks import index_of, label_task
 
@@ -240,14 +240,13 @@ def epoch_rate_median(runs: Sequence[dict]) -> float:
 
 
 def loader(train: LabeledArrays | ShardStream, config: TrainConfig, *, augment: bool) -> dict:
-    """Our batches for `config.epochs` epochs without a model: `_epoch_batches` (+ `augment_batch`)."""
+    """Our batches for `config.epochs` epochs without a model: the training feed, augmented or not."""
     images, seconds = [], []
+    feed = make_feed(train, config.batch_size, CPU, num_workers=config.num_workers)
     for epoch in range(config.epochs):
         generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))
         start, count = time.perf_counter(), 0
-        for pixels, labels in _epoch_batches(train, epoch, config, generator, CPU):
-            if augment:
-                to_device_batch(augment_batch(to_device_batch(pixels, CPU), generator), CPU)
+        for _, labels in feed.epoch(epoch, generator, augment=augment):
             count += labels.numel()
         seconds.append(time.perf_counter() - start)
         images.append(count)
@@ -406,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ours_total = median(r["images_per_s"] for r in ours_runs)
 
     augment_warmup(train, config)
-    log("loader alone: _epoch_batches (+ augment_batch), then ours over ShardStream + make_loader")
+    log("loader alone: the training feed (+ augmentation), then ours over ShardStream + make_loader")
     loaders = {
         "arrays": repeat(partial(loader, train, config, augment=True), args.rounds),
         "arrays_no_augment": repeat(partial(loader, train, config, augment=False), args.rounds),

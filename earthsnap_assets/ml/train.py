@@ -21,10 +21,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from earthsnap_assets.ml.checkpoints import CheckpointStore, restore_run, save_run
-from earthsnap_assets.ml.data import LabeledArrays, ShardStream, make_loader
-from earthsnap_assets.ml.device import autocast, is_cuda, pick_device, prepare_model, to_device_batch
+from earthsnap_assets.ml.data import LabeledArrays, ShardStream
+from earthsnap_assets.ml.device import autocast, pick_device, prepare_model, to_device_batch
+from earthsnap_assets.ml.feeding import RESIDENT_FRACTION, Feed, make_feed, steps_per_epoch
 from earthsnap_assets.ml.models import DEFAULT_BACKBONE, create_classifier_with_report, parameter_count
-from earthsnap_assets.ml.transforms import as_tensor, augment_batch, to_model_input
+from earthsnap_assets.ml.ranks import (
+    check_world_size,
+    data_parallel,
+    from_rank_zero,
+    is_distributed,
+    is_rank_zero,
+    rank_seed,
+    share,
+    share_restored,
+    sum_over_ranks,
+)
+from earthsnap_assets.ml.transforms import as_tensor, to_model_input
 from earthsnap_assets.ml.weights import Pretrained, head_prefixes
 
 log = logging.getLogger(__name__)
@@ -51,6 +63,9 @@ class TrainConfig:
     # fine-tuning (they matter when training starts from pretrained weights, see `init` of train_classifier)
     layer_decay: float | None = None  # timm's layer-wise LR decay: early layers learn at lr * decay^depth
     freeze_epochs: int = 0  # epochs that train only the head before the whole network (a frozen warm-up)
+    # Data parallel: processes (one per GPU) that each train on batch_size / world_size rows of every batch.
+    world_size: int = 1
+    gpu_resident_fraction: float = RESIDENT_FRACTION  # of free GPU memory the uint8 train pixels may fill
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2:
@@ -59,10 +74,19 @@ class TrainConfig:
             raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
         if not 0 <= self.freeze_epochs < self.epochs:
             raise ValueError(f"freeze_epochs must be in [0, epochs), got {self.freeze_epochs}")
+        if self.freeze_epochs and self.world_size > 1:  # DDP fixes which parameters take gradients when it wraps
+            raise ValueError("freeze_epochs needs world_size 1 (a frozen warm-up is not data-parallel yet)")
+        if self.world_size < 1 or self.batch_size % self.world_size or self.batch_size // self.world_size < 2:
+            raise ValueError(f"batch_size {self.batch_size} must split into >= 2 rows per each of {self.world_size}")
 
     def resume_key(self) -> dict[str, Any]:
-        """The fields that shape the weights: a checkpoint made under other values is not resumed."""
-        return {k: v for k, v in asdict(self).items() if k not in ("max_train_seconds", "num_workers")}
+        """The fields that shape the weights: a checkpoint made under other values is not resumed.
+
+        `world_size` is left out: the global batch does not depend on it, so a run may resume on another
+        number of GPUs (bit-identical resumes need the same one).
+        """
+        ignored = ("max_train_seconds", "num_workers", "world_size", "gpu_resident_fraction")
+        return {k: v for k, v in asdict(self).items() if k not in ignored}
 
 
 @dataclass
@@ -106,6 +130,7 @@ class _Parts:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     loss_fn: nn.Module
+    step_model: nn.Module | None = None  # what the step calls: `model`, or its DDP wrapper in a process group
 
     def stateful(self) -> dict[str, Any]:
         return {"model": self.model, "optimizer": self.optimizer, "scheduler": self.scheduler}
@@ -126,11 +151,6 @@ class WarmupCosine:
 
 def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
     return int(np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, stream]).generate_state(1)[0])
-
-
-def steps_per_epoch(size: int, batch_size: int) -> int:
-    """Batches per epoch; a last batch of one sample is dropped (BatchNorm cannot train on it)."""
-    return size // batch_size + (1 if size % batch_size > 1 else 0)
 
 
 def class_weights(counts: np.ndarray) -> torch.Tensor:
@@ -161,33 +181,13 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=config.lr)
 
 
-def _array_batches(data: LabeledArrays, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
-    order = torch.randperm(len(data), generator=generator).numpy()
-    for start in range(0, steps_per_epoch(len(data), batch_size) * batch_size, batch_size):
-        rows = order[start : start + batch_size]
-        yield torch.from_numpy(data.pixels[rows]), torch.from_numpy(data.labels[rows])
-
-
-def _epoch_batches(
-    data: TrainData, epoch: int, config: TrainConfig, generator: torch.Generator, device: torch.device
-) -> Iterator[Batch]:
-    """Shuffled batches of uint8 pixels: from memory with `generator`, or streamed in (seed, epoch) order."""
-    if isinstance(data, LabeledArrays):
-        return _array_batches(data, config.batch_size, generator)
-    data.set_epoch(epoch)
-    workers = config.num_workers if is_cuda(device) else 0  # on CPU a worker only takes cores from the step
-    loader = make_loader(data, config.batch_size, num_workers=workers, pin_memory=is_cuda(device))
-    return (batch for batch in loader if batch[1].numel() > 1)
-
-
-def _train_epoch(parts: _Parts, batches: Iterator[Batch], generator: torch.Generator, device: torch.device) -> dict:
-    model, optimizer = parts.model.train(), parts.optimizer
+def _train_epoch(parts: _Parts, batches: Iterator[Batch], device: torch.device) -> dict:
+    """Steps over model-ready (inputs, targets) batches; metrics are over every rank's rows."""
+    model, optimizer = (parts.step_model or parts.model).train(), parts.optimizer
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     seen, lr, started = 0, optimizer.param_groups[0]["lr"], time.perf_counter()
-    for pixels, labels in batches:
-        inputs = to_device_batch(augment_batch(to_device_batch(pixels, device), generator), device)
-        targets = labels.to(device, non_blocking=True)
+    for inputs, targets in batches:
         with autocast(device):
             logits = model(inputs)
         loss = parts.loss_fn(logits.float(), targets)
@@ -199,10 +199,14 @@ def _train_epoch(parts: _Parts, batches: Iterator[Batch], generator: torch.Gener
         total_loss += loss.detach() * targets.numel()
         correct += (logits.detach().argmax(dim=1) == targets).sum()
         seen += targets.numel()
+    if is_distributed():
+        total_loss, correct, counted = sum_over_ranks(total_loss, correct, torch.tensor(seen))
+        seen = int(counted.item())
+    loss_sum, hits = total_loss.item(), correct.item()  # waits for the GPU: its queued steps count in the time
     seconds = time.perf_counter() - started
     return {
-        "train_loss": total_loss.item() / max(seen, 1),
-        "train_accuracy": correct.item() / max(seen, 1),
+        "train_loss": loss_sum / max(seen, 1),
+        "train_accuracy": hits / max(seen, 1),
         "lr": lr,
         "train_step_seconds": seconds,
         "images_per_second": seen / max(seconds, 1e-9),
@@ -275,16 +279,18 @@ def _freeze_backbone(model: nn.Module, frozen: bool) -> None:
 
 
 def _run_epoch(
-    parts: _Parts, train: TrainData, val: LabeledArrays, epoch: int, config: TrainConfig, device: torch.device
+    parts: _Parts, feed: Feed, val: LabeledArrays, epoch: int, config: TrainConfig, device: torch.device
 ) -> dict[str, float]:
-    """One epoch whose randomness (order, augmentation, dropout) is a function of (seed, epoch) alone."""
+    """One epoch whose randomness (order, augmentation, dropout) is a function of (seed, epoch) alone.
+
+    In a process group every rank trains on its share of each batch; rank 0 evaluates, for all.
+    """
     started = time.perf_counter()
     _freeze_backbone(parts.model, frozen=epoch < config.freeze_epochs)
     generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))
-    torch.manual_seed(epoch_seed(config.seed, epoch, stream=1))  # dropout and other global-RNG layers
-    batches = _epoch_batches(train, epoch, config, generator, device)
-    metrics = _train_epoch(parts, batches, generator, device)
-    metrics |= _evaluate(parts.model, val, config.batch_size * 2, device)
+    torch.manual_seed(rank_seed(epoch_seed(config.seed, epoch, stream=1)))  # dropout and other global-RNG layers
+    metrics = _train_epoch(parts, feed.epoch(epoch, generator), device)
+    metrics |= from_rank_zero(lambda: _evaluate(parts.model, val, config.batch_size * 2, device))
     return metrics | {"epoch": epoch, "seconds": time.perf_counter() - started}
 
 
@@ -305,30 +311,46 @@ def train_classifier(
     the checkpoint key, so a resume never mixes two starting points.
     `train` is in-memory arrays or a `ShardStream`; `on_epoch(epoch, metrics)` runs after each epoch's
     checkpoint (for metric logging), `should_prune(epoch, val_accuracy)` can stop a hopeless trial.
+
+    Inside a `torch.distributed` process group of `config.world_size` processes (`distributed.train_distributed`,
+    or torchrun) this trains data-parallel: rank 0 alone reads and writes `checkpoints`, decides on stopping
+    and calls `on_epoch`; the other ranks' results mirror rank 0's metrics.
     """
     if len(train) < 2 or len(val) == 0 or len(train.classes) < 2:
         raise ValueError(f"need >= 2 train rows, >= 1 val row and >= 2 classes ({len(train)}, {len(val)})")
+    check_world_size(config.world_size)
     device = device or pick_device()
     parts = _build(train, config, device, init)
     key = {"config": config.resume_key(), "classes": list(train.classes), "train": len(train), "val": len(val)}
     if init is not None:
         key["init_sha256"] = init.sha256
-    restored = restore_run(checkpoints, key, parts.stateful())
+    restored = restore_run(checkpoints if is_rank_zero() else None, key, parts.stateful())
+    restored = share_restored(restored, parts.stateful())
     progress = Progress(**restored) if restored else Progress()
     resumed_from = progress.next_epoch - 1 if restored else None
+    parts.step_model = data_parallel(parts.model, device)
+    feed = make_feed(
+        train,
+        config.batch_size,
+        device,
+        share=share(),
+        num_workers=config.num_workers,
+        resident_fraction=config.gpu_resident_fraction,
+    )
     for epoch in range(progress.next_epoch, config.epochs):
         if progress.stop_reason:
             break
-        metrics = _run_epoch(parts, train, val, epoch, config, device)
+        metrics = _run_epoch(parts, feed, val, epoch, config, device)
         _record(progress, epoch, metrics, parts.model, config)
         if should_prune is not None and should_prune(epoch, metrics["val_accuracy"]):
             progress.stop_reason = "pruned"
         elif config.max_train_seconds is not None and progress.train_seconds >= config.max_train_seconds:
             progress.stop_reason = progress.stop_reason or "time_limit"
-        if checkpoints is not None:
+        progress.stop_reason = from_rank_zero(lambda: progress.stop_reason)
+        if checkpoints is not None and is_rank_zero():
             save_run(checkpoints, key, parts.stateful(), dict(vars(progress)))
         log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in metrics.items()})
-        if on_epoch is not None:
+        if on_epoch is not None and is_rank_zero():
             on_epoch(epoch, metrics)
     return _result(progress, list(train.classes), config, parameter_count(parts.model), resumed_from)
 
