@@ -18,6 +18,13 @@ from earthsnap_assets.settings import Settings
 FROM_PRESET = "None = the preset's"
 
 
+def visible_gpus() -> int:
+    """GPUs this process can use (a Kubernetes step sees the ones its pod requested); 1 without any."""
+    import torch
+
+    return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
+
+
 class TrainingConfig(dg.Config):
     kind: ClassVar[str] = "parent"  # whose preset values apply: "parent" (and the flat baseline) or "child"
 
@@ -45,6 +52,11 @@ class TrainingConfig(dg.Config):
     )
     layer_decay: float | None = Field(None, description=f"layer-wise LR decay (timm), 1.0 = off; {FROM_PRESET}")
     freeze_epochs: int | None = Field(None, description=f"epochs training only the new head first; {FROM_PRESET}")
+    world_size: int | None = Field(
+        None,
+        description="data-parallel processes, one per GPU (None = every GPU this step's pod was given, "
+        "EARTHSNAP_GPUS_PER_STEP on Kubernetes; 1 on CPU)",
+    )
 
     def resolved(self) -> dict[str, Any]:
         """The preset's values for this kind of model, overridden by every field this run set."""
@@ -55,6 +67,7 @@ class TrainingConfig(dg.Config):
         values = self.resolved()
         if values.get("layer_decay") == 1.0:
             values["layer_decay"] = None
+        values["world_size"] = values.get("world_size") or visible_gpus()
         fields = {f.name for f in dataclasses.fields(TrainConfig)}
         return TrainConfig(**{k: v for k, v in values.items() if k in fields})
 

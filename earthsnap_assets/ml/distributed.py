@@ -26,6 +26,7 @@ from earthsnap_assets.ml.checkpoints import CheckpointStore
 from earthsnap_assets.ml.data import LabeledArrays
 from earthsnap_assets.ml.ranks import Rendezvous, process_group
 from earthsnap_assets.ml.train import TrainConfig, TrainData, TrainResult, train_classifier
+from earthsnap_assets.ml.weights import Pretrained
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +64,13 @@ def _rank_main(
     val: LabeledArrays,
     config: TrainConfig,
     threads: int,
+    init: Pretrained | None = None,
 ) -> None:
     """A spawned rank: torchrun's environment, then the same training loop without store or callbacks."""
     torch.set_num_threads(threads)
     os.environ.update(rendezvous.env(rank, rank))
     with process_group(rendezvous, rank, rank, device_type) as device:
-        train_classifier(_local(train), val, config, device=device)
+        train_classifier(_local(train), val, config, device=device, init=init)
 
 
 def train_distributed(
@@ -80,6 +82,7 @@ def train_distributed(
     checkpoints: CheckpointStore | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     should_prune: Callable[[int, float], bool] | None = None,
+    init: Pretrained | None = None,
 ) -> TrainResult:
     """`train_classifier` data-parallel over `config.world_size` local devices (CUDA, else CPU processes).
 
@@ -92,7 +95,7 @@ def train_distributed(
     world = config.world_size
     if device_type == "cuda" and torch.cuda.device_count() < world:
         raise ValueError(f"{world} processes need {world} GPUs, found {torch.cuda.device_count()}")
-    callbacks = {"checkpoints": checkpoints, "on_epoch": on_epoch, "should_prune": should_prune}
+    callbacks = {"checkpoints": checkpoints, "on_epoch": on_epoch, "should_prune": should_prune, "init": init}
     if world == 1:
         device = torch.device("cuda", 0) if device_type == "cuda" else torch.device("cpu")
         return train_classifier(train, val, config, device=device, **callbacks)
@@ -100,7 +103,7 @@ def train_distributed(
     context = mp.get_context("spawn")
     portable, threads = _portable(train), torch.get_num_threads()
     others = [
-        context.Process(target=_rank_main, args=(rank, rendezvous, device_type, portable, val, config, threads))
+        context.Process(target=_rank_main, args=(rank, rendezvous, device_type, portable, val, config, threads, init))
         for rank in range(1, world)
     ]
     for process in others:

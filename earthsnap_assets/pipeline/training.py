@@ -11,6 +11,7 @@ import torch
 from earthsnap_assets.hashing import fingerprint
 from earthsnap_assets.ml.checkpoints import LakeCheckpoints
 from earthsnap_assets.ml.data import DatasetIndex
+from earthsnap_assets.ml.distributed import train_distributed
 from earthsnap_assets.ml.models import create_classifier
 from earthsnap_assets.ml.train import TrainConfig, train_classifier
 from earthsnap_assets.ml.transforms import MEAN, STD, to_model_input
@@ -27,6 +28,15 @@ TUNED_FIELDS = ("backbone", "lr", "weight_decay", "epochs")
 
 def _tags(index: DatasetIndex, kind: str, group: str | None) -> dict[str, str]:
     return {"dataset_version": index.dataset_version, "task": kind, "group": group or "", "layout": index.layout_id}
+
+
+def fit(train, val, config: TrainConfig, **kwargs):
+    """One process, or `config.world_size` data-parallel processes (one per GPU the step's pod requested)."""
+    return (
+        train_distributed(train, val, config, **kwargs)
+        if config.world_size > 1
+        else train_classifier(train, val, config, **kwargs)
+    )
 
 
 def single_species(index: DatasetIndex, kind: str, group: str | None) -> bool:
@@ -64,7 +74,7 @@ def run_tuning(
 
         def objective(params: dict, should_prune) -> float:
             config = dataclasses.replace(base, **params, patience=None)
-            result = train_classifier(train, val, config, should_prune=should_prune, init=start.pretrained)
+            result = fit(train, val, config, should_prune=should_prune, init=start.pretrained)
             return result.best_val_accuracy
 
         def on_trial(trial: TrialRecord) -> None:
@@ -124,7 +134,7 @@ def run_training(
             run_id,
             {**dataclasses.asdict(config), "train_images": len(train), "val_images": len(val), **start.lineage()},
         )
-        result = train_classifier(
+        result = fit(
             train,
             val,
             config,
