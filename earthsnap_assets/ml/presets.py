@@ -2,9 +2,10 @@
 
 ``cpu``  the demo and CI: 64 px photos, timm's tiny from-scratch backbones, short schedules; a laptop or a
          2-core runner trains the whole hierarchy in minutes. Children warm-start from the parent's backbone.
-``gpu``  real photos on a GPU pool: 224 px, a modern small pretrained backbone (ConvNeXt-Tiny, ImageNet-12k
-         then 1k weights from the local Hugging Face cache, sha256 recorded), fine-tuned with layer-wise LR
-         decay after a one-epoch frozen warm-up; children warm-start from the parent's fine-tuned backbone.
+``gpu``  real photos on a GPU pool: 224 px (the weights' own pretrained resolution), a modern small
+         pretrained backbone (ConvNeXt-Tiny, ImageNet-12k then 1k weights from the local Hugging Face cache,
+         sha256 recorded), fine-tuned with layer-wise LR decay after a one-epoch frozen warm-up; children
+         warm-start from the parent's fine-tuned backbone.
 
 The preset is chosen by ``EARTHSNAP_PRESET`` (default ``cpu``) or per run (`preset:` in an asset's config);
 any field set explicitly in a run's config wins over the preset's value. The image size belongs to the data
@@ -18,14 +19,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT = "cpu"
+FALLBACK_RESOLUTION = 224
 
 
 @dataclass(frozen=True)
 class Preset:
     name: str
-    image_size: int
+    image_size: int | None  # None: the resolution the parent's pretrained weights were trained at (timm's config)
     parent: dict[str, Any]  # TrainingConfig / TuningConfig values of the parent and the flat baseline
     child: dict[str, Any] = field(default_factory=dict)  # overrides of `parent` for the children
+
+    def resolution(self) -> int:
+        """The layouts' image size: set, or taken from the pretrained weights' own config."""
+        if self.image_size is not None:
+            return self.image_size
+        from earthsnap_assets.ml.models import pretrained_resolution
+
+        source = self.parent.get("weights") or ""
+        return pretrained_resolution(source.removeprefix("timm:"), default=FALLBACK_RESOLUTION)
 
     def values(self, kind: str) -> dict[str, Any]:
         """Config values for `kind` ("parent", "flat" or "child")."""
@@ -62,7 +73,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "gpu": Preset(
         name="gpu",
-        image_size=224,
+        image_size=None,  # 224: convnext_tiny.in12k_ft_in1k's pretrained input size
         parent={
             "weights": "timm:convnext_tiny.in12k_ft_in1k",
             "batch_size": 128,

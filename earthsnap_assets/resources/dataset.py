@@ -57,7 +57,7 @@ class DatasetSettings(dg.ConfigurableResource):
 
     def resolution(self) -> int:
         """The layout's image size: set here, or the training preset's (read at run time, not import)."""
-        return self.image_size or preset(Settings.from_env().preset).image_size
+        return self.image_size or preset(Settings.from_env().preset).resolution()
 
     def preprocess(self) -> PreprocessConfig:
         return PreprocessConfig(image_size=self.resolution())
