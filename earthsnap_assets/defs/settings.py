@@ -78,7 +78,9 @@ class TrainingConfig(dg.Config):
 class TuningConfig(TrainingConfig):
     """Search budget and space, plus the training settings every trial uses."""
 
-    trials: int | None = Field(None, description=f"at most this many trials; {FROM_PRESET}")
+    trials: int | None = Field(
+        None, description=f"at most this many trials (0 = no search: the preset's lr, epochs, ...); {FROM_PRESET}"
+    )
     seconds: float = Field(300.0, description="and at most this long")
     subset_per_class: int | None = Field(
         None, description=f"tuning trains on this many images per class; {FROM_PRESET}"

@@ -65,6 +65,9 @@ def run_tuning(
     start = start or StartingPoint(None, "scratch")
     if start.backbone:
         space = dataclasses.replace(space, backbones=(start.backbone,))
+    if budget.trials == 0:  # no search: the preset's measured values (the demo's cpu preset)
+        chosen = {"backbone": start.backbone or base.backbone, "lr": base.lr, "weight_decay": base.weight_decay}
+        return {**chosen, "epochs": base.epochs, "searched": False}
     train, val = training_data(store, store.lake_bucket, index, kind, group, base.seed, subset_per_class)
     with registry.run(f"tune-{kind}{'-' + group if group else ''}", _tags(index, kind, group)) as parent_run:
         registry.log_params(
