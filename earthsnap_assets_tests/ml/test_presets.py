@@ -24,7 +24,10 @@ def test_every_preset_names_real_architectures_and_weights():
 def test_the_cpu_preset_is_the_default_and_a_runs_own_values_win(monkeypatch):
     monkeypatch.delenv("EARTHSNAP_PRESET", raising=False)
     assert TrainingConfig().base().batch_size == PRESETS["cpu"].parent["batch_size"]
-    assert ChildTuningConfig().space().epochs == tuple(PRESETS["cpu"].child["epoch_choices"])
+    assert ChildTuningConfig().space().epochs == tuple(PRESETS["cpu"].values("child")["epoch_choices"])
+    assert ChildTuningConfig().budget().trials == 0  # the demo's preset trains its measured values, no search
+    child = ChildTuningConfig().base()
+    assert (child.drop_rate, child.weight_decay, child.batch_size) == (0.2, 0.1, 16)
     tuned = TuningConfig(backbone_choices=["resnet10t"], trials=2)
     assert tuned.space().backbones == ("resnet10t",) and tuned.budget().trials == 2
     assert TrainingConfig(batch_size=8).base().batch_size == 8
@@ -39,4 +42,18 @@ def test_the_gpu_preset_by_environment_or_by_run(monkeypatch):
     assert TrainingConfig(layer_decay=1.0).base().layer_decay is None  # 1.0 switches the preset's decay off
     assert TrainingConfig(preset="cpu").base().layer_decay is None
     monkeypatch.setenv("EARTHSNAP_PRESET", "cpu")
-    assert DatasetSettings().resolution() == 64
+    assert DatasetSettings().resolution() == 96
+
+
+def test_zero_trials_is_no_search_and_returns_the_presets_values():
+    from earthsnap_assets.ml.tuning import TuningBudget
+    from earthsnap_assets.pipeline.starting_weights import StartingPoint
+    from earthsnap_assets.pipeline.training import run_tuning
+
+    config = TuningConfig(preset="cpu")
+    base, space = config.base(), config.space()
+    chosen = run_tuning(None, None, None, "parent", None, space, TuningBudget(trials=0), base, None)  # type: ignore[arg-type]
+    assert chosen == {"backbone": "test_resnet", "lr": 3e-3, "weight_decay": 0.05, "epochs": 40, "searched": False}
+    parent_start = StartingPoint(None, "parent", backbone="test_convnext")
+    child = run_tuning(None, None, None, "parent", None, space, TuningBudget(trials=0), base, None, parent_start)  # type: ignore[arg-type]
+    assert child["backbone"] == "test_convnext"  # weights fit their own architecture
