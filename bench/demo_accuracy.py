@@ -100,6 +100,19 @@ PROFILES: dict[str, dict[str, Any]] = {
         },
         "children_start": "scratch",
     },
+    "p96_drop_last": {  # p96_drop, children keep their last epoch (a 36-photo val set picks noisy epochs)
+        "image_size": 96,
+        "parent": {"backbone": "test_resnet", "epochs": 40, "lr": 3e-3, "weight_decay": 0.05, "patience": None},
+        "child": {
+            "backbone": "test_resnet",
+            "epochs": 40,
+            "lr": 2e-3,
+            "weight_decay": 0.1,
+            "drop_rate": 0.2,
+            "patience": None,
+            "keep": "last",
+        },
+    },
     "p96_ld": {
         "image_size": 96,
         "parent": {"backbone": "test_resnet", "epochs": 40, "lr": 3e-3, "weight_decay": 0.05, "patience": None},

@@ -61,6 +61,7 @@ class TrainConfig:
     num_workers: int = 0  # DataLoader workers, used when training from a ShardStream
     drop_rate: float = 0.0
     # fine-tuning (they matter when training starts from pretrained weights, see `init` of train_classifier)
+    keep: str = "best"  # which epoch's weights a run returns: "best" val accuracy, or the "last" (end of schedule)
     layer_decay: float | None = None  # timm's layer-wise LR decay: early layers learn at lr * decay^depth
     freeze_epochs: int = 0  # epochs that train only the head before the whole network (a frozen warm-up)
     # Data parallel: processes (one per GPU) that each train on batch_size / world_size rows of every batch.
@@ -70,6 +71,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2:
             raise ValueError("epochs must be >= 1 and batch_size >= 2")
+        if self.keep not in ("best", "last"):
+            raise ValueError(f"keep must be 'best' or 'last', got {self.keep!r}")
         if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
             raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
         if not 0 <= self.freeze_epochs < self.epochs:
@@ -238,8 +241,10 @@ def _evaluate(model: nn.Module, val: LabeledArrays, batch_size: int, device: tor
 def _record(progress: Progress, epoch: int, metrics: dict, model: nn.Module, config: TrainConfig) -> None:
     """Track the best epoch (val accuracy, ties to the lower val loss) and the early-stopping counter."""
     accuracy, loss = metrics["val_accuracy"], metrics["val_loss"]
-    if accuracy > progress.best_val_accuracy or (
-        accuracy == progress.best_val_accuracy and loss < progress.best_val_loss
+    if (
+        config.keep == "last"
+        or accuracy > progress.best_val_accuracy
+        or (accuracy == progress.best_val_accuracy and loss < progress.best_val_loss)
     ):
         progress.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         progress.best_epoch, progress.best_val_accuracy, progress.best_val_loss = epoch, accuracy, loss

@@ -117,6 +117,18 @@ def test_early_stopping_keeps_the_best_epoch_and_breaks_ties_by_val_loss(few, mo
     assert result.stopped_early and result.epochs_run == 5
 
 
+def test_keep_last_returns_the_end_of_the_schedule_not_the_best_val_epoch(few, monkeypatch):
+    scripted = iter([(0.9, 0.1), (0.5, 1.0), (0.6, 0.9)])  # the best val accuracy comes first
+    monkeypatch.setattr(
+        train_module, "_evaluate", lambda *a, **k: dict(zip(("val_accuracy", "val_loss"), next(scripted), strict=True))
+    )
+    train, val = few
+    result = train_classifier(train, val, replace(FAST, epochs=3, patience=None, keep="last"), device=CPU)
+    assert result.best_epoch == 2 and result.best_val_accuracy == 0.6
+    with pytest.raises(ValueError, match="keep must be"):
+        replace(FAST, keep="median")
+
+
 def test_class_weighting_changes_the_loss(few):
     train = color_squares(32, size=32, seed=3, weights=[0.7, 0.2, 0.1])
     val = few[1]
