@@ -50,6 +50,9 @@ class TrainingConfig(dg.Config):
         description="children: 'parent' starts from the parent's trained backbone (its architecture), "
         "'weights' from `weights`",
     )
+    keep: str | None = Field(
+        None, description=f"which epoch a run returns: 'best' validation accuracy or 'last'; {FROM_PRESET}"
+    )
     layer_decay: float | None = Field(None, description=f"layer-wise LR decay (timm), 1.0 = off; {FROM_PRESET}")
     freeze_epochs: int | None = Field(None, description=f"epochs training only the new head first; {FROM_PRESET}")
     world_size: int | None = Field(

@@ -74,6 +74,7 @@ PRESETS: dict[str, Preset] = {
             "lr": 2e-3,
             "weight_decay": 0.1,
             "drop_rate": 0.2,
+            "keep": "last",  # a child's val set is ~36 photos: its "best" epoch is noise (ferns kept epoch 8 of 40)
             "batch_size": 16,
             "backbone_choices": ["test_resnet"],  # used only when a child does not start from the parent
             "lr_min": 5e-4,

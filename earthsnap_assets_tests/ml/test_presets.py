@@ -27,7 +27,8 @@ def test_the_cpu_preset_is_the_default_and_a_runs_own_values_win(monkeypatch):
     assert ChildTuningConfig().space().epochs == tuple(PRESETS["cpu"].values("child")["epoch_choices"])
     assert ChildTuningConfig().budget().trials == 0  # the demo's preset trains its measured values, no search
     child = ChildTuningConfig().base()
-    assert (child.drop_rate, child.weight_decay, child.batch_size) == (0.2, 0.1, 16)
+    assert (child.drop_rate, child.weight_decay, child.batch_size, child.keep) == (0.2, 0.1, 16, "last")
+    assert TrainingConfig().base().keep == "best"
     tuned = TuningConfig(backbone_choices=["resnet10t"], trials=2)
     assert tuned.space().backbones == ("resnet10t",) and tuned.budget().trials == 2
     assert TrainingConfig(batch_size=8).base().batch_size == 8
