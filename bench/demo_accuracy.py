@@ -55,6 +55,22 @@ PARENT_DEFAULTS: dict[str, Any] = {
 }
 CHILD_DEFAULTS: dict[str, Any] = {**PARENT_DEFAULTS, "batch_size": 16, "patience": 12}
 
+P96_PARENT: dict[str, Any] = {
+    "backbone": "test_resnet",
+    "epochs": 40,
+    "lr": 3e-3,
+    "weight_decay": 0.05,
+    "patience": None,
+}
+DROP_CHILD: dict[str, Any] = {
+    "backbone": "test_resnet",
+    "epochs": 40,
+    "lr": 2e-3,
+    "weight_decay": 0.1,
+    "drop_rate": 0.2,
+    "patience": None,
+}
+
 PROFILES: dict[str, dict[str, Any]] = {
     "resnet": {
         "parent": {"backbone": "test_resnet", "epochs": 30, "lr": 3e-3, "weight_decay": 0.05, "patience": None},
@@ -72,50 +88,16 @@ PROFILES: dict[str, dict[str, Any]] = {
     # one parent (40 epochs at 96 px), children variants; p96_drop is the recommended CPU preset
     "p96_lr1e3": {
         "image_size": 96,
-        "parent": {"backbone": "test_resnet", "epochs": 40, "lr": 3e-3, "weight_decay": 0.05, "patience": None},
+        "parent": P96_PARENT,
         "child": {"backbone": "test_resnet", "epochs": 40, "lr": 1e-3, "weight_decay": 0.05, "patience": None},
     },
-    "p96_drop": {
-        "image_size": 96,
-        "parent": {"backbone": "test_resnet", "epochs": 40, "lr": 3e-3, "weight_decay": 0.05, "patience": None},
-        "child": {
-            "backbone": "test_resnet",
-            "epochs": 40,
-            "lr": 2e-3,
-            "weight_decay": 0.1,
-            "drop_rate": 0.2,
-            "patience": None,
-        },
-    },
-    "p96_drop_scratch": {
-        "image_size": 96,
-        "parent": {"backbone": "test_resnet", "epochs": 40, "lr": 3e-3, "weight_decay": 0.05, "patience": None},
-        "child": {
-            "backbone": "test_resnet",
-            "epochs": 40,
-            "lr": 2e-3,
-            "weight_decay": 0.1,
-            "drop_rate": 0.2,
-            "patience": None,
-        },
-        "children_start": "scratch",
-    },
-    "p96_drop_last": {  # p96_drop, children keep their last epoch (a 36-photo val set picks noisy epochs)
-        "image_size": 96,
-        "parent": {"backbone": "test_resnet", "epochs": 40, "lr": 3e-3, "weight_decay": 0.05, "patience": None},
-        "child": {
-            "backbone": "test_resnet",
-            "epochs": 40,
-            "lr": 2e-3,
-            "weight_decay": 0.1,
-            "drop_rate": 0.2,
-            "patience": None,
-            "keep": "last",
-        },
-    },
+    "p96_drop": {"image_size": 96, "parent": P96_PARENT, "child": DROP_CHILD},
+    "p96_drop_scratch": {"image_size": 96, "parent": P96_PARENT, "child": DROP_CHILD, "children_start": "scratch"},
+    # p96_drop, children keep their last epoch (a 36-photo val set picks noisy epochs)
+    "p96_drop_last": {"image_size": 96, "parent": P96_PARENT, "child": {**DROP_CHILD, "keep": "last"}},
     "p96_ld": {
         "image_size": 96,
-        "parent": {"backbone": "test_resnet", "epochs": 40, "lr": 3e-3, "weight_decay": 0.05, "patience": None},
+        "parent": P96_PARENT,
         "child": {
             "backbone": "test_resnet",
             "epochs": 40,

@@ -9,6 +9,7 @@ import zlib
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageDraw, ImageFile, ImageFilter
 
 from earthsnap_assets.ml.quality import QualityRules
@@ -115,3 +116,13 @@ def no_pixel_decoding(monkeypatch: pytest.MonkeyPatch):
             yield
 
     return forbid
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core runner spinning threads cost 10x.
+    Modules that train ask for it with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

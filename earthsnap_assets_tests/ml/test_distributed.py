@@ -28,15 +28,10 @@ PAIR = replace(CONFIG, world_size=2)
 # summation order: per-rank sums then an all-reduce); a real difference (another batch split, other
 # augmentation draws, a rank on stale weights) moves these losses by 1e-3 and more.
 LOSS_RTOL = 1e-4
-pytestmark = pytest.mark.filterwarnings("ignore:Grad strides do not match bucket view strides")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings("ignore:Grad strides do not match bucket view strides"),
+]
 
 
 @pytest.fixture(scope="module")

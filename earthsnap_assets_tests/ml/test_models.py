@@ -6,14 +6,7 @@ import torch
 from earthsnap_assets.ml.device import autocast, pick_device, prepare_model, to_device_batch
 from earthsnap_assets.ml.models import BACKBONES, DEFAULT_BACKBONE, create_classifier, parameter_count
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core runner spinning threads cost 10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)

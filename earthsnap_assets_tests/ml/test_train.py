@@ -22,17 +22,10 @@ from earthsnap_assets.ml.train import (
 from earthsnap_assets.ml.transforms import to_model_input
 from earthsnap_assets_tests.ml.training_fixtures import build_tiny_lake, color_squares
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CPU = torch.device("cpu")
 FAST = TrainConfig(epochs=3, batch_size=16, lr=3e-3, warmup_epochs=0.5, patience=None, seed=0)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core runner spinning threads cost 10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

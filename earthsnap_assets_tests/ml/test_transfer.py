@@ -16,18 +16,12 @@ from earthsnap_assets.ml.models import create_classifier
 from earthsnap_assets.ml.train import TrainConfig, _optimizer, train_classifier
 from earthsnap_assets.resources.object_store import ObjectStore
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CPU = torch.device("cpu")
 TASK_A = [0, 45, 90, 135]  # stripe orientations (degrees) the backbone is pretrained on
 TASK_B = [22, 67, 112, 157]  # other orientations, other classes: the same low-level features serve
 MARGIN = 0.12  # measured: +0.16 to +0.25 over scratch (about chance, 0.25) across seeds
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def stripes(n: int, angles: list[int], seed: int, size: int = 32) -> LabeledArrays:

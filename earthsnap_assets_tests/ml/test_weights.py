@@ -13,13 +13,7 @@ from earthsnap_assets.ml import weights
 from earthsnap_assets.ml.models import create_classifier, pretrained_resolution, validate_backbone
 from earthsnap_assets.ml.weights import WeightsError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def trained_state(backbone: str = "test_resnet", classes: int = 5, seed: int = 1) -> dict[str, torch.Tensor]:
