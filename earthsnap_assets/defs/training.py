@@ -8,7 +8,7 @@ from earthsnap_assets.defs.partitions import species_group
 from earthsnap_assets.defs.settings import ChildTrainingConfig, TrainingConfig
 from earthsnap_assets.pipeline.starting_weights import ParentWeights, StartingPoint, configured, for_child
 from earthsnap_assets.pipeline.tasks import index_of
-from earthsnap_assets.pipeline.training import run_training
+from earthsnap_assets.pipeline.training import run_training, single_species
 from earthsnap_assets.refs import DatasetRef, ModelRef
 from earthsnap_assets.resources.mlflow_registry import MlflowRegistry
 from earthsnap_assets.resources.object_store import ObjectStore
@@ -28,7 +28,12 @@ def parent_weights(instance: dg.DagsterInstance) -> ParentWeights | None:
     return ParentWeights(str(meta["weights_uri"]), str(meta.get("backbone")), str(meta.get("mlflow_run_id", "")))
 
 
-def starting_point(context, store: ObjectStore, config: TrainingConfig, kind: str) -> StartingPoint:
+def starting_point(
+    context, store: ObjectStore, config: TrainingConfig, kind: str, index, group
+) -> StartingPoint | None:
+    """Where training starts; None for a one-species group, which trains nothing (no weights are read)."""
+    if single_species(index, kind, group):
+        return None
     if kind == "child":
         parent = parent_weights(context.instance) if config.warm_start == "parent" else None
         return for_child(store, config.warm_start, parent, config.weights_source(), config.allow_download)
@@ -38,7 +43,7 @@ def starting_point(context, store: ObjectStore, config: TrainingConfig, kind: st
 def _train(context, store, registry, data: DatasetRef, kind, group, params: dict, config: TrainingConfig):
     index = index_of(store, data)
     per_class = config.per_class if kind == "parent" else None
-    start = starting_point(context, store, config, kind)
+    start = starting_point(context, store, config, kind, index, group)
     model = run_training(store, registry, index, kind, group, params, config.base(), per_class, start)
     metadata = {
         "dataset_version": model.dataset_version,

@@ -16,7 +16,7 @@ from earthsnap_assets.resources.object_store import ObjectStore
 
 def _tune(context, store, registry, data: DatasetRef, kind: str, group: str | None, config: TuningConfig):
     index = index_of(store, data)
-    start = starting_point(context, store, config, kind)
+    start = starting_point(context, store, config, kind, index, group)
     space, budget, base = config.space(), config.budget(), config.base()
     best = run_tuning(store, registry, index, kind, group, space, budget, base, config.subset(), start)
     metadata = {k: v for k, v in best.items() if isinstance(v, int | float | str | bool)}
