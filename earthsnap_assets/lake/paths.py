@@ -31,10 +31,20 @@ rewritten in place, and each group's current state is one small *head* moved by 
     checkpoints/...                                  training checkpoints
     weights/<sha256>.safetensors                     trained state dicts, by the sha256 of their bytes (children
                                                      warm-start from the parent's; never garbage-collected)
+    predictions/<env>/day=<YYYY-MM-DD>/<hhmmss>-<replica>-<h>.parquet
+                                                     prediction log: every answered request (append-only batches)
+    feedback/<env>/day=<YYYY-MM-DD>/<hhmmss>-<replica>-<h>.parquet
+                                                     what app users confirmed or corrected, by request id
+    photos/<env>/day=<YYYY-MM-DD>/<sha256>           request photos, only where the privacy switch keeps them
+    review/photos/<sha256>                           photos sent to people for review (Label Studio reads these)
+    review/<g>/...                                   the review queue's state (tasks created, labels collected)
+    monitoring/<env>/day=<YYYY-MM-DD>/report.json    a day's monitoring summary
     dagster/io/...                                   small asset values (references, never data)
 """
 
 from __future__ import annotations
+
+import re
 
 from earthsnap_assets.lake.taxonomy import SLUG
 
@@ -180,6 +190,59 @@ def weights_key(sha256: str) -> str:
     if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
         raise ValueError(f"not a sha256 hex digest: {sha256!r}")
     return f"weights/{sha256}.safetensors"
+
+
+# --- production: prediction log, feedback, monitoring, review ----------------------------------------------
+
+DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def check_day(day: str) -> str:
+    """Days are partition keys and path segments: ISO dates only (UTC)."""
+    if not DAY.match(day):
+        raise ValueError(f"not a day (YYYY-MM-DD): {day!r}")
+    return day
+
+
+def _check_env(env: str) -> str:
+    if not SLUG.match(env):
+        raise ValueError(f"not an environment name: {env!r}")
+    return env
+
+
+def predictions_prefix(env: str, day: str) -> str:
+    """One day's prediction-log batches of one environment: listing it is reading dN, never N."""
+    return f"predictions/{_check_env(env)}/day={check_day(day)}/"
+
+
+def predictions_batch(env: str, day: str, hhmmss: str, replica: str, digest: str) -> str:
+    """Time first, so a listing is in write order; replica and content digest make names unique."""
+    return f"{predictions_prefix(env, day)}{hhmmss}-{replica}-{digest}.parquet"
+
+
+def feedback_prefix(env: str, day: str) -> str:
+    return f"feedback/{_check_env(env)}/day={check_day(day)}/"
+
+
+def feedback_batch(env: str, day: str, hhmmss: str, replica: str, digest: str) -> str:
+    return f"{feedback_prefix(env, day)}{hhmmss}-{replica}-{digest}.parquet"
+
+
+def request_photo(env: str, day: str, sha256: str) -> str:
+    """A request's photo, kept only when the endpoint's privacy switch says so; by day, so retention is a prefix."""
+    return f"photos/{_check_env(env)}/day={check_day(day)}/{sha256}"
+
+
+def review_photo(sha256: str) -> str:
+    return f"review/photos/{sha256}"
+
+
+def review_prefix(group: str) -> str:
+    return f"review/{check_group(group)}/"
+
+
+def monitoring_report(env: str, day: str) -> str:
+    return f"monitoring/{_check_env(env)}/day={check_day(day)}/report.json"
 
 
 # Everything the garbage collector may consider; anything else in the lake is never touched by it.
