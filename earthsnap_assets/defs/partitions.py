@@ -1,10 +1,16 @@
-"""Species groups as dynamic partitions, kept in step with the taxonomy: a new group adds a partition."""
+"""Species groups as dynamic partitions, kept in step with the taxonomy: a new group adds a partition.
+
+Production days (UTC) partition what reads the prediction log: monitoring and the review queue.
+"""
 
 import dagster as dg
 
 from earthsnap_assets.lake.taxonomy import SLUG
 
 species_group = dg.DynamicPartitionsDefinition(name="species_group")
+
+# One partition per UTC day of the prediction log (`lake/paths.predictions_prefix`); a day is read alone.
+production_day = dg.DailyPartitionsDefinition(start_date="2026-01-01", timezone="UTC", end_offset=1)
 
 
 def add_new_groups(instance: dg.DagsterInstance, groups: list[str]) -> list[str]:
