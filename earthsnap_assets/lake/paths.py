@@ -39,6 +39,8 @@ rewritten in place, and each group's current state is one small *head* moved by 
     review/photos/<sha256>                           photos sent to people for review (Label Studio reads these)
     review/<g>/...                                   the review queue's state (tasks created, labels collected)
     monitoring/<env>/day=<YYYY-MM-DD>/report.json    a day's monitoring summary
+    monitoring/reference/<dataset_version>.json      a dataset version's train counts per group and species
+                                                     (the drift reference; computed once from its QA reports)
     dagster/io/...                                   small asset values (references, never data)
 """
 
@@ -243,6 +245,13 @@ def review_prefix(group: str) -> str:
 
 def monitoring_report(env: str, day: str) -> str:
     return f"monitoring/{_check_env(env)}/day={check_day(day)}/report.json"
+
+
+def monitoring_reference(dataset_version: str) -> str:
+    """Train counts of a dataset version (a cache: derived from `version_manifest`, rebuilt when missing)."""
+    if not SLUG.match(dataset_version):
+        raise ValueError(f"not a dataset version: {dataset_version!r}")
+    return f"monitoring/reference/{dataset_version}.json"
 
 
 # Everything the garbage collector may consider; anything else in the lake is never touched by it.
