@@ -64,3 +64,21 @@ def group_species_tags(mapping: Mapping[str, Sequence[str]], run_id: str) -> dic
         GROUP_SPECIES_GROUPS: str(len(mapping)),
         GROUP_SPECIES_SPECIES: str(sum(len(species) for species in mapping.values())),
     }
+
+
+# Production monitoring (`defs/monitoring.py`): one MLflow run per environment and day, in its own experiment,
+# and tags on the parent version that answered most of that day pointing at the latest day's run. Values are
+# a day, a run id and rounded numbers: small whatever the traffic.
+MONITORING_EXPERIMENT = "earthsnap-monitoring"
+MONITORING_LAST_DAY = "monitoring.last_day"  # YYYY-MM-DD of the run the other tags come from (never moves back)
+MONITORING_RUN_ID = "monitoring.run_id"
+MONITORING_VOLUME = "monitoring.volume"
+MONITORING_PSI_GROUP = "monitoring.psi_group"
+MONITORING_PSI_SPECIES = "monitoring.psi_species"
+MONITORING_BACK_OFF_RATE = "monitoring.back_off_rate"
+MONITORING_FEEDBACK_ACCURACY = "monitoring.feedback_accuracy"
+MONITORING_REPORT_ARTIFACT = "monitoring/report.json"
+
+
+def monitoring_run_name(env: str, day: str) -> str:
+    return f"{env}-{day}"
