@@ -19,9 +19,9 @@ from pydantic import Field
 
 from earthsnap_assets.defs.partitions import production_day
 from earthsnap_assets.lake import paths
+from earthsnap_assets.monitoring.checks import Thresholds, Verdict, judge_back_off, judge_blocking, judge_drift
 from earthsnap_assets.monitoring.daily import day_report
 from earthsnap_assets.monitoring.summary import confidence_markdown, groups_markdown, log_summary, report_metrics
-from earthsnap_assets.monitoring.thresholds import Thresholds
 from earthsnap_assets.registry import names
 from earthsnap_assets.registry.client import RegistryClient
 from earthsnap_assets.resources.mlflow_registry import MlflowRegistry
@@ -79,79 +79,51 @@ def _recorded(context: dg.AssetCheckExecutionContext) -> dict[str, object]:
     return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
 
 
-def _unjudged(recorded: dict, thresholds: Thresholds) -> str | None:
-    """Why a day's drift is not judged: too few predictions for PSI to mean anything (None: it is judged)."""
-    if recorded["volume"] < thresholds.min_predictions:
-        return f"{recorded['volume']} predictions, fewer than {thresholds.min_predictions}: drift is not judged"
-    return None
+def _result(verdict: Verdict, severity: dg.AssetCheckSeverity, metadata: dict) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        passed=verdict.passed,
+        severity=severity,
+        metadata={**metadata, "judged": verdict.judged},
+        description=verdict.description,
+    )
 
 
-def _no_reference(recorded: dict) -> str | None:
-    if "psi_group" not in recorded:
-        return f"no training reference for {recorded.get('reference_missing')}: drift cannot be measured"
-    return None
-
-
-WARN = dg.AssetCheckSeverity.WARN
+def _numbers(recorded: dict, *names: str) -> dict[str, float]:
+    return {n: recorded[n] for n in names if n in recorded}
 
 
 @dg.asset_check(asset=ASSET, partitions_def=production_day)
 def drift(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-    """WARN when group or class (species) PSI is above EARTHSNAP_MONITOR_WARN_PSI [0.2], or when the day has
-    no training reference to compare with; a day under EARTHSNAP_MONITOR_MIN_PREDICTIONS [100] passes unjudged."""
+    """WARN when group or class (species) PSI is above EARTHSNAP_MONITOR_WARN_PSI [0.2] (and above what
+    sampling noise gives that day), or when the day has no training reference to compare with. A day under
+    EARTHSNAP_MONITOR_MIN_PREDICTIONS [100] passes unjudged."""
     recorded, thresholds = _recorded(context), Thresholds.from_env()
-    psi = {k: recorded[k] for k in ("psi_group", "psi_species") if k in recorded}
-    metadata = {**psi, "threshold": thresholds.warn_psi, "volume": recorded["volume"]}
-    unjudged = _unjudged(recorded, thresholds)
-    if unjudged:
-        return dg.AssetCheckResult(passed=True, metadata={**metadata, "judged": False}, description=unjudged)
-    missing = _no_reference(recorded)
-    if missing:
-        return dg.AssetCheckResult(passed=False, severity=WARN, metadata=metadata, description=missing)
-    over = {k: round(v, 4) for k, v in psi.items() if v > thresholds.warn_psi}
-    description = f"PSI above {thresholds.warn_psi}: {over}" if over else f"PSI within {thresholds.warn_psi}"
-    return dg.AssetCheckResult(
-        passed=not over, severity=WARN, metadata={**metadata, "judged": True}, description=description
-    )
+    metadata = {
+        **_numbers(recorded, "volume", "psi_group", "psi_species", "psi_group_null_p95", "psi_species_null_p95"),
+        "threshold": thresholds.warn_psi,
+    }
+    return _result(judge_drift(recorded, thresholds), dg.AssetCheckSeverity.WARN, metadata)
 
 
 @dg.asset_check(asset=ASSET, partitions_def=production_day)
 def back_off_rate(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
     """WARN when more than EARTHSNAP_MONITOR_WARN_BACK_OFF [0.3] of the day's answers backed off to the group."""
     recorded, thresholds = _recorded(context), Thresholds.from_env()
-    rate = recorded.get("back_off_rate")
-    metadata = {"threshold": thresholds.warn_back_off, "volume": recorded["volume"]}
-    if rate is None:
-        return dg.AssetCheckResult(passed=True, metadata=metadata, description="no predictions that day")
-    passed = rate <= thresholds.warn_back_off
-    return dg.AssetCheckResult(
-        passed=passed,
-        severity=WARN,
-        metadata={**metadata, "back_off_rate": rate},
-        description=f"back-off rate {rate:.1%} ({'within' if passed else 'above'} {thresholds.warn_back_off:.0%})",
-    )
+    metadata = {**_numbers(recorded, "volume", "back_off_rate"), "threshold": thresholds.warn_back_off}
+    return _result(judge_back_off(recorded, thresholds), dg.AssetCheckSeverity.WARN, metadata)
 
 
 @dg.asset_check(asset=ASSET, partitions_def=production_day, blocking=True)
 def drift_blocking(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-    """ERROR (blocks what depends on the day's monitoring in the same run) when group PSI is above
-    EARTHSNAP_MONITOR_BLOCK_PSI; unset, the check is off and passes."""
+    """ERROR, blocking what depends on the day's monitoring in the same run, when group PSI is above
+    EARTHSNAP_MONITOR_BLOCK_PSI; unset (the default), the check is off and passes."""
     recorded, thresholds = _recorded(context), Thresholds.from_env()
-    if thresholds.block_psi is None:
-        off = "EARTHSNAP_MONITOR_BLOCK_PSI is unset: the check is off"
-        return dg.AssetCheckResult(passed=True, metadata={"enabled": False}, description=off)
-    metadata = {"enabled": True, "threshold": thresholds.block_psi, "volume": recorded["volume"]}
-    reason = _unjudged(recorded, thresholds) or _no_reference(recorded)  # the drift check WARNs about these
-    if reason:
-        return dg.AssetCheckResult(passed=True, metadata=metadata, description=reason)
-    psi = recorded["psi_group"]
-    passed = psi <= thresholds.block_psi
-    return dg.AssetCheckResult(
-        passed=passed,
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata={**metadata, "psi_group": psi},
-        description=f"group PSI {psi:.3f} {'within' if passed else 'above'} {thresholds.block_psi}",
-    )
+    metadata = {
+        **_numbers(recorded, "volume", "psi_group", "psi_group_null_p95"),
+        "enabled": thresholds.block_psi is not None,
+        **({"threshold": thresholds.block_psi} if thresholds.block_psi is not None else {}),
+    }
+    return _result(judge_blocking(recorded, thresholds), dg.AssetCheckSeverity.ERROR, metadata)
 
 
 monitoring_job = dg.define_asset_job(

@@ -151,19 +151,25 @@ def class_drift(table: pa.Table, references: dict[str, Reference], rows: dict[st
         "predicted": dict(sorted(predicted_groups.items(), key=lambda kv: -kv[1])),
         "expected": {g: round(s, 6) for g, s in sorted(expected_groups.items())},
         "psi": stats.categorical_psi(predicted_groups, expected_groups),
+        "psi_null_p95": stats.null_psi(expected_groups, known.num_rows),
         "chi_square": stats.chi_square(predicted_groups, expected_groups),
     }
     answered = known.filter(pc.equal(known["level"], "species"))
     predicted_species = _counts(answered["species"])
     expected_species = {s: expected_groups[g] * share for g, per in within.items() for s, share in per.items()}
-    per_group = {}
-    for group, n in sorted(_counts(answered["group"]).items()):
-        if n >= MIN_GROUP_PREDICTIONS and within.get(group):
-            in_group = _counts(answered.filter(pc.equal(answered["group"], group))["species"])
-            per_group[group] = stats.categorical_psi(in_group, within[group])
+    by_group: dict[str, dict[str, int]] = {}
+    for row in answered.group_by(["group", "species"]).aggregate([("request_id", "count")]).to_pylist():
+        by_group.setdefault(row["group"], {})[row["species"]] = row["request_id_count"]
+    per_group = {
+        group: stats.categorical_psi(counts, within[group])
+        for group, counts in sorted(by_group.items())
+        if sum(counts.values()) >= MIN_GROUP_PREDICTIONS and within.get(group)
+    }
     top = sorted(predicted_species.items(), key=lambda kv: -kv[1])
+    n_species = sum(predicted_species.values())
     species = {
         "psi": stats.categorical_psi(predicted_species, expected_species) if predicted_species else None,
+        "psi_null_p95": stats.null_psi(expected_species, n_species) if predicted_species else None,
         "per_group_psi": per_group,
         "min_group_predictions": MIN_GROUP_PREDICTIONS,
         "predicted": dict(top),
@@ -211,11 +217,8 @@ def feedback_accuracy(predictions: pa.Table, feedback: pa.Table) -> dict:
     latest: dict[str, dict] = {}
     for row in sorted(feedback.to_pylist(), key=lambda r: r["ts"]):
         latest[row["request_id"]] = row
-    answers = {
-        r["request_id"]: r
-        for r in predictions.select(["request_id", "level", "species", "group"]).to_pylist()
-        if r["request_id"] in latest
-    }
+    asked = predictions.filter(pc.is_in(predictions["request_id"], pa.array(sorted(latest), pa.string())))
+    answers = {r["request_id"]: r for r in asked.select(["request_id", "level", "species", "group"]).to_pylist()}
     confusion: Counter[tuple[str, str]] = Counter()
     correct = 0
     for request_id, answer in answers.items():

@@ -54,6 +54,21 @@ def categorical_psi(observed: Mapping[str, int], reference: Mapping[str, float],
     return psi(actual, expected, floor)
 
 
+def null_psi(reference: Mapping[str, float], n: int, draws: int = 50, q: float = 0.95, seed: int = 0) -> float:
+    """The `q` quantile of the PSI of `n` answers drawn from the reference itself: what sampling noise alone gives.
+
+    PSI grows with the number of classes per answer (roughly (classes - 1) / n), so tens of thousands of
+    species over a day's traffic can pass 0.2 with no drift at all; a check compares PSI with this too.
+    """
+    if n <= 0 or not reference:
+        return 0.0
+    keys = sorted(reference)
+    expected = proportions(reference, [*keys, OTHER])
+    rng = np.random.default_rng(seed)
+    values = [psi(rng.multinomial(n, expected) / n, expected) for _ in range(draws)]
+    return float(np.quantile(values, q))
+
+
 def chi_square(observed: Mapping[str, int], reference: Mapping[str, float], floor: float = PSI_FLOOR) -> dict:
     """Chi-square goodness of fit of observed counts to the reference shares (floored, renormalised).
 

@@ -26,6 +26,8 @@ def report_metrics(report: DayReport) -> dict[str, float]:
         "back_off_rate": report.back_off_rate,
         "psi_group": report.psi_group,
         "psi_species": report.psi_species,
+        "psi_group_null_p95": report.groups.get("psi_null_p95"),
+        "psi_species_null_p95": report.species.get("psi_null_p95"),
         "chi_square_p_group": (report.groups.get("chi_square") or {}).get("p_value"),
         "confidence_mean": report.confidence.get("mean"),
         "confidence_p50": report.confidence.get("quantiles", {}).get("p50"),

@@ -48,6 +48,7 @@ def test_a_day_drawn_from_training_shows_no_drift(blobs):
     assert report.volume == 2000 and report.dataset_versions == {DATASET_VERSION: 2000}
     assert report.psi_group < 0.02 and report.psi_species < 0.02
     assert report.groups["chi_square"]["p_value"] > 0.01
+    assert 0 < report.groups["psi_null_p95"] < 0.05 and 0 < report.species["psi_null_p95"] < 0.05
     assert report.groups["expected"] == {"birds": 0.4, "flowers": 0.4, "insects": 0.2}
     assert all(v < 0.05 for v in report.species["per_group_psi"].values())
     assert set(report.species["per_group_psi"]) == set(TRAIN)
@@ -63,6 +64,7 @@ def test_a_day_concentrated_on_one_group_drifts(blobs):
     write_predictions(blobs, BUCKET, DAY, rows(DAY, 1000, only_group="insects", back_off=0.6))
     report = day_report(blobs, BUCKET, "production", DAY)
     assert report.psi_group > 1.0 and report.psi_species > 1.0
+    assert report.psi_group > 100 * report.groups["psi_null_p95"]
     assert report.groups["chi_square"]["p_value"] < 1e-10
     assert list(report.groups["predicted"]) == ["insects"]
     assert report.back_off_rate > 0.5
