@@ -1,14 +1,15 @@
 """Production monitoring: one report per UTC day of the prediction log, its checks, its daily schedule.
 
-The statistics are in `monitoring/` (no Dagster); thresholds in `monitoring/thresholds.py` (environment,
-read when a check runs). The checks judge the numbers the materialization of the same day recorded, so they
-say what the stored report says.
+The statistics are in `monitoring/` (no Dagster); what the checks decide and their thresholds in
+`monitoring/checks.py` (environment, read when a check runs). The checks judge the numbers the same day's
+materialization recorded, so they say what the stored report says.
 
 Scheduling: `production_day` has `end_offset=1` (today is a partition, for people looking at a live day),
 so Dagster's own "latest partition" helpers (`AutomationCondition.on_cron`, `build_schedule_from_partitioned_job`)
-would pick *today*, 15 minutes old. The schedule below asks for the day that has just finished, at 00:15 UTC
-(batches flushed late by a replica still land in it). Feedback arriving the next day is read when a day is
-materialized again (a backfill over last week's partitions refreshes their accuracy).
+would pick *today*, 15 minutes old. The schedule below asks, at 00:15 UTC, for the day that has just finished
+(batches flushed late by a replica still land in it) and again for the day before it, which by then has its
+next day's feedback too (a report joins feedback of its day and the next). A backfill over older partitions
+recomputes them the same way.
 """
 
 import datetime as dt
@@ -139,7 +140,13 @@ monitoring_job = dg.define_asset_job(
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.RUNNING,  # reads the log and writes its own report: nothing to fear
 )
-def monitoring_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-    """At 00:15 UTC, the day that has just ended (run_key = the day: one run per day, however often it ticks)."""
-    day = (context.scheduled_execution_time.astimezone(dt.UTC).date() - dt.timedelta(days=1)).isoformat()
-    return dg.RunRequest(run_key=day, partition_key=day)
+def monitoring_schedule(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
+    """At 00:15 UTC: the day that has just ended, and the day before it settled with its next day's feedback.
+
+    Run keys name the day and the pass, so a tick evaluated twice starts nothing twice."""
+    today = context.scheduled_execution_time.astimezone(dt.UTC).date()
+    ended, settled = (today - dt.timedelta(days=1)).isoformat(), (today - dt.timedelta(days=2)).isoformat()
+    return [
+        dg.RunRequest(run_key=f"{ended}:first", partition_key=ended, tags={"earthsnap/monitoring": "first"}),
+        dg.RunRequest(run_key=f"{settled}:settled", partition_key=settled, tags={"earthsnap/monitoring": "settled"}),
+    ]

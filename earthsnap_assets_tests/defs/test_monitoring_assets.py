@@ -150,7 +150,10 @@ def test_a_registry_outage_fails_the_day_after_the_report_is_stored(lake, models
     assert lake.store.exists(lake.store.lake_bucket, paths.monitoring_report("production", DAY))
 
 
-def test_the_schedule_asks_for_the_day_that_just_ended():
+def test_the_schedule_asks_for_the_day_that_just_ended_and_settles_the_one_before():
     tick = dt.datetime(2026, 3, 11, 0, 15, tzinfo=dt.UTC)
-    request = monitoring_schedule(dg.build_schedule_context(scheduled_execution_time=tick))
-    assert request.partition_key == "2026-03-10" and request.run_key == "2026-03-10"
+    requests = monitoring_schedule(dg.build_schedule_context(scheduled_execution_time=tick))
+    assert [(r.partition_key, r.run_key) for r in requests] == [
+        ("2026-03-10", "2026-03-10:first"),
+        ("2026-03-09", "2026-03-09:settled"),
+    ]
