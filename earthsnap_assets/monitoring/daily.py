@@ -120,13 +120,15 @@ def _floats(table: pa.Table, name: str) -> np.ndarray:
 
 
 def _model_versions(table: pa.Table) -> dict[str, dict[str, int]]:
-    counts: Counter[tuple[str, str]] = Counter()
-    for pairs in table["model_versions"].to_pylist():
-        for name, version in pairs or []:
-            counts[(name, version)] += 1
+    """{model: {version: rows}} over the day's `model_versions` maps (columnar: no Python loop over rows)."""
+    if table.num_rows == 0:
+        return {}
+    as_list = pa.list_(pa.struct([("key", pa.string()), ("value", pa.string())]))  # maps have no flatten kernel
+    entries = pc.list_flatten(table["model_versions"].combine_chunks().cast(as_list))
+    pairs = pa.table({"model": entries.field("key"), "version": entries.field("value")})
     found: dict[str, dict[str, int]] = {}
-    for (name, version), n in sorted(counts.items()):
-        found.setdefault(name, {})[version] = n
+    for row in sorted(pairs.group_by(["model", "version"]).aggregate([("model", "count")]).to_pylist(), key=str):
+        found.setdefault(row["model"], {})[row["version"]] = row["model_count"]
     return found
 
 

@@ -27,7 +27,7 @@ def write_version(blobs: Blobs, bucket: str, train: dict = TRAIN, version: str =
     """A dataset version manifest pointing at one QA report per group, as `lake/versions.py` writes them."""
     groups = {}
     for group, species in train.items():
-        report_key = paths.manifest_file(group, f"report{len(groups)}", "json")
+        report_key = paths.manifest_file(group, f"report-{version}", "json")
         report = {"group": group, "splits": {"train": species, "val": {s: 1 for s in species}, "test": {}}}
         blobs.write(bucket, report_key, json.dumps(report).encode())
         groups[group] = {"group_version": f"gv-{group}", "segment": "unused", "report": report_key}

@@ -159,3 +159,21 @@ def test_feedback_accuracy_on_a_known_join(blobs):
         (drawn[3]["species"], wrong),
     }
     assert feedback["days"] == [DAY, next_day]
+
+
+def test_a_mid_day_deploy_is_compared_with_the_mix_of_both_versions(blobs):
+    other = {"birds": {"robin": 100, "wren": 100}, "flowers": {"daisy": 100, "rose": 100}}  # no insects
+    write_version(blobs, BUCKET, other, "dv-newer")
+    before = rows(DAY, 300, seed=1, models={"earthsnap-parent": "1", "earthsnap-child-birds": "4"})
+    after = rows(DAY, 500, seed=2, train=other, models={"earthsnap-parent": "2"})
+    for row in after:
+        row["dataset_version"] = "dv-newer"
+    write_predictions(blobs, BUCKET, DAY, before + after)
+    report = day_report(blobs, BUCKET, "production", DAY)
+    assert report.dataset_versions == {DATASET_VERSION: 300, "dv-newer": 500}
+    assert report.model_versions == {"earthsnap-parent": {"1": 300, "2": 500}, "earthsnap-child-birds": {"4": 300}}
+    assert report.version_of("earthsnap-parent") == "2"
+    # 3/8 of the day under the old version (insects 20%), 5/8 under the new one (no insects)
+    assert report.groups["expected"]["insects"] == pytest.approx(0.375 * 0.2)
+    assert report.groups["expected"]["birds"] == pytest.approx(0.375 * 0.4 + 0.625 * 0.5)
+    assert report.psi_group < 0.05
