@@ -1,6 +1,6 @@
 """Demo accuracy: the hierarchy (parent -> routed children) vs a flat model on the demo's data, per settings profile.
 
-The demo's dataset exactly as `earthsnap demo` draws it (`SyntheticSpec(images_per_species=80, seed=0)`, bad
+The demo's dataset exactly as `earthsnap demo` draws it (`SyntheticSpec(images_per_species=120, seed=0)`, bad
 files included), put through the real data side (`lake.pipeline.prepare_dataset`: QA, splits, shards, the
 parent's sample) into a `MemoryBlobs` lake, then read back the way training and evaluation read it
 (`pipeline.tasks.training_data` / `evaluation_data`). Per profile it trains the parent (groups, on the
@@ -123,7 +123,7 @@ def _settings(profile: str, kind: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------- data
 
 
-def _prepare(image_size: int, workers: int) -> dict[str, Any]:
+def _prepare(image_size: int, workers: int, images_per_species: int = 120) -> dict[str, Any]:
     """Draw the demo's photos, run the data side into a memory lake, read every split the models use."""
     from earthsnap_assets.demo.synthetic import SyntheticSpec, generate_dataset
     from earthsnap_assets.ingest import local_files
@@ -133,7 +133,7 @@ def _prepare(image_size: int, workers: int) -> dict[str, Any]:
     from earthsnap_assets.ml.data import load_split
     from earthsnap_assets.pipeline.tasks import evaluation_data, flat_task, index_of, training_data
 
-    spec = SyntheticSpec(images_per_species=80, seed=GROUPS_SEED)
+    spec = SyntheticSpec(images_per_species=images_per_species, seed=GROUPS_SEED)
     started = time.perf_counter()
     blobs = MemoryBlobs()
     with tempfile.TemporaryDirectory() as tmp:
@@ -195,13 +195,13 @@ def _load(path: Path) -> dict[str, Any]:
     return {"arrays": arrays, "groups": meta["groups"], "dataset_version": meta["dataset_version"], "seconds": 0.0}
 
 
-def demo_data(image_size: int, cache: Path | None, workers: int) -> dict[str, Any]:
-    key = hashlib.sha256(f"demo-80-seed{GROUPS_SEED}-{image_size}-v1".encode()).hexdigest()[:12]
+def demo_data(image_size: int, cache: Path | None, workers: int, images_per_species: int = 120) -> dict[str, Any]:
+    key = hashlib.sha256(f"demo-{images_per_species}-seed{GROUPS_SEED}-{image_size}-v1".encode()).hexdigest()[:12]
     path = cache / f"demo-{image_size}px-{key}.npz" if cache else None
     if path is not None and path.exists():
         log.info("prepared arrays from %s", path)
         return _load(path)
-    data = _prepare(image_size, workers)
+    data = _prepare(image_size, workers, images_per_species)
     if path is not None:
         _save(path, data)
     return data
@@ -382,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "earthsnap-demo-accuracy")
     parser.add_argument("--no-cache", action="store_true")
     parser.add_argument("--list", action="store_true", help="print the profiles and exit")
+    parser.add_argument("--images-per-species", type=int, default=120, help="photos drawn per species (demo: 120)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("earthsnap_assets").setLevel(logging.WARNING)
@@ -400,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    data = demo_data(image_size, None if args.no_cache else args.cache, args.workers)
+    data = demo_data(image_size, None if args.no_cache else args.cache, args.workers, args.images_per_species)
     rows = {name: len(v) for name, v in data["arrays"].items()}
     trained: dict[str, Any] = {}
     results = [run_profile(p, data, args.scratch_children, not args.no_flat, trained) for p in profiles]
@@ -410,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps(
             {
                 "dataset": {
-                    "spec": {"images_per_species": 80, "seed": GROUPS_SEED},
+                    "spec": {"images_per_species": args.images_per_species, "seed": GROUPS_SEED},
                     "image_size": image_size,
                     "dataset_version": data["dataset_version"],
                     "groups": data["groups"],

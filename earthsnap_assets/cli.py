@@ -373,7 +373,7 @@ def _demo_loop(settings: Settings, species: str, photos: int = 12, timeout: floa
 
 
 @main.command("demo")
-@click.option("--images-per-species", default=80, show_default=True)
+@click.option("--images-per-species", default=120, show_default=True)
 @click.option(
     "--auto-approve",
     is_flag=True,
