@@ -195,6 +195,9 @@ class ReviewClient:
         """Where a person opens the task in Label Studio's UI."""
         return f"{self.url}/projects/{project_id}/data?task={task_id}"
 
+    def project_url(self, project_id: int) -> str:
+        return f"{self.url}/projects/{project_id}/data"
+
     def predictions(self, task_id: int) -> list[Any]:
         return list(self._ls.predictions.list(task=task_id))
 
