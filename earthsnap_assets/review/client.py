@@ -189,6 +189,10 @@ class ReviewClient:
         ids = getattr(response, "task_ids", None)
         if ids is None or len(ids) != len(tasks):
             raise RuntimeError(f"Label Studio imported {ids!r} for {len(tasks)} tasks (expected one id per task)")
+        # An import pins the project to the first model version it saw, and the labeling view then hides every
+        # other version's predictions: tasks queued before a new deployment would lose their pre-annotation.
+        if self._ls.projects.get(project_id).model_version:
+            self._ls.projects.update(project_id, model_version="")
         return [int(i) for i in ids]
 
     def task_url(self, project_id: int, task_id: int) -> str:
