@@ -1,9 +1,13 @@
 """The review queue: a day's doubtful answers go to people in Label Studio; their labels come back as raw photos.
 
 `review_queue[day]` selects from the day's prediction log and feedback (`review/selection.py`) and creates
-the tasks; `review_labels` collects finished reviews every few minutes and writes accepted labels to the raw
-bucket, where change capture sees them like any upload and that group's chain retrains.
+the tasks (yesterday's, daily at 00:30 UTC); `review_labels` collects finished reviews every 5 minutes and
+writes accepted labels to the raw bucket, where change capture sees them like any upload and that group's
+chain retrains. Both are schedules rather than automation conditions: they follow the clock and people, not
+data versions, and they stay out of the automation sensor's evaluations.
 """
+
+from datetime import timedelta
 
 import dagster as dg
 from pydantic import Field
@@ -20,6 +24,7 @@ from earthsnap_assets.review.selection import SelectionRules
 from earthsnap_assets.settings import Settings
 
 LABELS_CRON = "*/5 * * * *"
+QUEUE_CRON = "30 0 * * *"  # yesterday's log is complete (UTC days)
 
 
 class ReviewQueueConfig(dg.Config):
@@ -65,13 +70,7 @@ def review_queue(
     )
 
 
-@dg.asset(
-    group_name="review",
-    kinds={"s3"},
-    automation_condition=(
-        dg.AutomationCondition.cron_tick_passed(LABELS_CRON, "UTC") & ~dg.AutomationCondition.in_progress()
-    ).with_label(f"every 5 minutes ({LABELS_CRON})"),
-)
+@dg.asset(group_name="review", kinds={"s3"})
 def review_labels(
     context: dg.AssetExecutionContext, store: ObjectStore, label_studio: LabelStudio, taxonomy: Taxonomy
 ) -> dg.MaterializeResult:
@@ -89,3 +88,39 @@ def review_labels(
             "raw_keys_written": dg.MetadataValue.json(result.raw_keys[:500]),
         }
     )
+
+
+review_queue_job = dg.define_asset_job(
+    "review_queue_job", selection=["review_queue"], partitions_def=production_day, description="Queue one day."
+)
+review_labels_job = dg.define_asset_job("review_labels_job", selection=["review_labels"])
+
+
+@dg.schedule(
+    job=review_queue_job,
+    cron_schedule=QUEUE_CRON,
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
+def review_queue_daily(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    """Yesterday's doubtful answers to Label Studio (a run that finds Label Studio down fails: rerun the day)."""
+    day = (context.scheduled_execution_time - timedelta(days=1)).strftime("%Y-%m-%d")
+    return dg.RunRequest(run_key=day, partition_key=day)
+
+
+@dg.schedule(
+    job=review_labels_job,
+    cron_schedule=LABELS_CRON,
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
+def review_labels_every_5_minutes(
+    context: dg.ScheduleEvaluationContext, label_studio: LabelStudio
+) -> dg.RunRequest | dg.SkipReason:
+    """Collect finished reviews; a tick skips (with the reason) while Label Studio is unreachable: the next
+    tick collects what was missed, so nothing is lost and no failed run is made every 5 minutes."""
+    try:
+        label_studio.client().check()
+    except ReviewUnavailable as exc:
+        return dg.SkipReason(str(exc))
+    return dg.RunRequest()

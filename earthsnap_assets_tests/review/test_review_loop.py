@@ -10,12 +10,14 @@ from __future__ import annotations
 import io
 import json
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
 import httpx
 import pyarrow.parquet as pq
 import pytest
+from click.testing import CliRunner
 from PIL import Image
 
 from earthsnap_assets.lake import paths
@@ -244,3 +246,28 @@ def test_a_run_fails_clearly_when_label_studio_is_down(review_lake: ReviewLake, 
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE)
     assert "Label Studio at http://127.0.0.1:" in str(failure.event_specific_data.error)
+
+
+def test_schedules_queue_yesterday_and_collect_while_label_studio_answers(review_stack) -> None:
+    from earthsnap_assets.defs.review import review_labels_every_5_minutes, review_queue_daily
+
+    at = datetime(2026, 12, 1, 0, 30, tzinfo=UTC)
+    with dg.build_schedule_context(scheduled_execution_time=at) as context:
+        request = review_queue_daily(context)
+    assert (request.partition_key, request.run_key) == ("2026-11-30", "2026-11-30")
+    with dg.build_schedule_context(resources={"label_studio": LabelStudio()}) as context:
+        assert isinstance(review_labels_every_5_minutes(context), dg.RunRequest)
+    down = LabelStudio(url=f"http://127.0.0.1:{free_port()}", timeout_s=3)
+    with dg.build_schedule_context(resources={"label_studio": down}) as context:
+        skipped = review_labels_every_5_minutes(context)
+    assert isinstance(skipped, dg.SkipReason) and "not reachable" in skipped.skip_message
+
+
+def test_review_status_lists_open_and_finished_tasks(queued: dict, review_stack) -> None:
+    from earthsnap_assets.cli import main
+
+    result = CliRunner().invoke(main, ["review", "status"])
+    assert result.exit_code == 0, result.output
+    trees = next(line for line in result.output.splitlines() if line.startswith("earthsnap-trees "))
+    open_, finished = (int(n) for n in trees.split()[1:3])
+    assert open_ + finished == 3 and open_ >= 1  # low, low2, backoff; a skipped task stays open
