@@ -25,6 +25,12 @@ from earthsnap_assets.settings import Settings
 
 LABELS_CRON = "*/5 * * * *"
 QUEUE_CRON = "30 0 * * *"  # yesterday's log is complete (UTC days)
+ACTIVE = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
 
 
 class ReviewQueueConfig(dg.Config):
@@ -118,7 +124,13 @@ def review_labels_every_5_minutes(
     context: dg.ScheduleEvaluationContext, label_studio: LabelStudio
 ) -> dg.RunRequest | dg.SkipReason:
     """Collect finished reviews; a tick skips (with the reason) while Label Studio is unreachable: the next
-    tick collects what was missed, so nothing is lost and no failed run is made every 5 minutes."""
+    tick collects what was missed, so nothing is lost and no failed run is made every 5 minutes. One
+    collection at a time: a tick skips while the previous run is still going."""
+    running = context.instance.get_runs(
+        filters=dg.RunsFilter(job_name=review_labels_job.name, statuses=ACTIVE), limit=1
+    )
+    if running:
+        return dg.SkipReason(f"run {running[0].run_id} is still collecting")
     try:
         label_studio.client().check()
     except ReviewUnavailable as exc:

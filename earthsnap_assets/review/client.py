@@ -10,6 +10,7 @@ the project's S3 source storage (see `stack/label_studio.py` for why the server 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -23,6 +24,8 @@ NOT_THIS_GROUP = "not-this-group"
 FROM_NAME = "species"  # the Choices control
 TO_NAME = "image"  # the Image object (and the task data key holding the photo URI)
 TITLE_PREFIX = "earthsnap-"
+
+logger = logging.getLogger(__name__)
 
 
 class ReviewUnavailable(RuntimeError):
@@ -154,7 +157,10 @@ class ReviewClient:
             )
             return int(project.id)
         if self._ls.projects.get(found).label_config != config:
-            self._ls.projects.update(found, label_config=config)
+            try:
+                self._ls.projects.update(found, label_config=config)
+            except Exception as exc:  # e.g. a species left the group but annotations still use it
+                logger.warning(f"{project_title(group)}: labeling view not updated to {len(species)} species: {exc}")
         return found
 
     def ensure_storage(self, project_id: int, bucket: str, prefix: str, region: str | None = None) -> int:

@@ -116,6 +116,8 @@ def environment(settings: Settings) -> dict[str, str]:
             "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
             "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
             "LABEL_STUDIO_HOST": url(settings),
+            # also read before `--data-dir` is applied: without it a first import creates ~/.local/share/label-studio
+            "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir(settings)),
             "LABEL_STUDIO_LATEST_VERSION_CHECK": "false",
             "LABEL_STUDIO_COLLECT_ANALYTICS": "false",
             "LABEL_STUDIO_SENTRY_DSN": "",

@@ -255,12 +255,20 @@ def test_schedules_queue_yesterday_and_collect_while_label_studio_answers(review
     with dg.build_schedule_context(scheduled_execution_time=at) as context:
         request = review_queue_daily(context)
     assert (request.partition_key, request.run_key) == ("2026-11-30", "2026-11-30")
-    with dg.build_schedule_context(resources={"label_studio": LabelStudio()}) as context:
-        assert isinstance(review_labels_every_5_minutes(context), dg.RunRequest)
-    down = LabelStudio(url=f"http://127.0.0.1:{free_port()}", timeout_s=3)
-    with dg.build_schedule_context(resources={"label_studio": down}) as context:
-        skipped = review_labels_every_5_minutes(context)
-    assert isinstance(skipped, dg.SkipReason) and "not reachable" in skipped.skip_message
+    with dg.instance_for_test() as instance:
+        with dg.build_schedule_context(instance, resources={"label_studio": LabelStudio()}) as context:
+            assert isinstance(review_labels_every_5_minutes(context), dg.RunRequest)
+        down = LabelStudio(url=f"http://127.0.0.1:{free_port()}", timeout_s=3)
+        with dg.build_schedule_context(instance, resources={"label_studio": down}) as context:
+            skipped = review_labels_every_5_minutes(context)
+        assert isinstance(skipped, dg.SkipReason) and "not reachable" in skipped.skip_message
+        # one collection at a time
+        instance.add_run(
+            dg.DagsterRun(job_name="review_labels_job", run_id="a" * 36, status=dg.DagsterRunStatus.STARTED)
+        )
+        with dg.build_schedule_context(instance, resources={"label_studio": LabelStudio()}) as context:
+            busy = review_labels_every_5_minutes(context)
+        assert isinstance(busy, dg.SkipReason) and "still collecting" in busy.skip_message
 
 
 def test_review_status_lists_open_and_finished_tasks(queued: dict, review_stack) -> None:

@@ -47,6 +47,7 @@ def test_command_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert cmd[cmd.index("--port") + 1] == "8199" and cmd[cmd.index("--internal-host") + 1] == "127.0.0.1"
     env = label_studio.environment(settings)
     assert "HOST" not in env
+    assert env["LABEL_STUDIO_BASE_DATA_DIR"] == str(settings.home / "label-studio")
     assert env["LABEL_STUDIO_USERNAME"] == settings.review_user
     assert env["LABEL_STUDIO_PASSWORD"] == settings.review_password
     assert env["LABEL_STUDIO_USER_TOKEN"] == settings.review_token
