@@ -25,11 +25,13 @@ def main() -> None:
 
 
 def _mount_subcommands() -> None:
+    from earthsnap_assets.review.cli import review
     from earthsnap_assets.serving.cli import serve
     from earthsnap_assets.stack.cli import stack
 
     main.add_command(stack)
     main.add_command(serve)
+    main.add_command(review)
 
 
 @main.command("demo-data")

@@ -46,6 +46,11 @@ class Settings:
         on AWS the URL of the SQS queue that the raw bucket's S3 Event Notifications feed
       EARTHSNAP_SENSOR_INTERVAL_S [unset: 15 s change capture, 30 s automation]: both, when set (tests use 5)
       EARTHSNAP_PRESET [cpu]: the training preset (`ml/presets.py`: cpu or gpu) of runs that name none
+      EARTHSNAP_REVIEW_PORT [8180], EARTHSNAP_REVIEW_URL [http://127.0.0.1:<review port>]: Label Studio
+      EARTHSNAP_REVIEW_USER [admin@earthsnap.local], EARTHSNAP_REVIEW_PASSWORD [earthsnap-review]: its admin,
+        created at first start; EARTHSNAP_REVIEW_TOKEN [earthsnap-review-token]: the API token the platform uses
+        (locally set at first start; in production a token created in Label Studio, legacy or personal)
+      EARTHSNAP_REVIEW_VENV [~/.cache/earthsnap/label-studio-<version>]: Label Studio's own virtual environment
     """
 
     home: Path
@@ -67,6 +72,10 @@ class Settings:
     production_port: int = 8102
     sensor_interval_s: int | None = None
     preset: str = "cpu"
+    review_port: int = 8180
+    review_user: str = "admin@earthsnap.local"
+    review_password: str = "earthsnap-review"
+    review_token: str = "earthsnap-review-token"
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -95,6 +104,10 @@ class Settings:
             production_port=_int(env, "EARTHSNAP_PRODUCTION_PORT", 8102),
             sensor_interval_s=_int(env, "EARTHSNAP_SENSOR_INTERVAL_S", 0) or None,
             preset=env.get("EARTHSNAP_PRESET") or "cpu",
+            review_port=_int(env, "EARTHSNAP_REVIEW_PORT", 8180),
+            review_user=env.get("EARTHSNAP_REVIEW_USER") or "admin@earthsnap.local",
+            review_password=env.get("EARTHSNAP_REVIEW_PASSWORD") or "earthsnap-review",
+            review_token=env.get("EARTHSNAP_REVIEW_TOKEN") or "earthsnap-review-token",
             env=env,
         )
 
@@ -104,6 +117,19 @@ class Settings:
     def endpoint_url(self, env: str) -> str:
         """Base URL of a serving environment: EARTHSNAP_<ENV>_URL or the local port."""
         return self.env.get(f"EARTHSNAP_{env.upper()}_URL") or f"http://127.0.0.1:{self.endpoint_port(env)}"
+
+    @property
+    def review_url(self) -> str:
+        """Label Studio's base URL: EARTHSNAP_REVIEW_URL or the local port."""
+        return (self.env.get("EARTHSNAP_REVIEW_URL") or f"http://127.0.0.1:{self.review_port}").rstrip("/")
+
+    @property
+    def review_venv(self) -> Path:
+        """Where Label Studio's own virtual environment lives: outside any stack home, so it is built once."""
+        from earthsnap_assets.stack.label_studio import VERSION
+
+        default = Path.home() / ".cache" / "earthsnap" / f"label-studio-{VERSION}"
+        return Path(self.env.get("EARTHSNAP_REVIEW_VENV") or default).absolute()
 
     @property
     def raw_events_url(self) -> str:

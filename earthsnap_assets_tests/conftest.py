@@ -9,6 +9,7 @@ MLFLOW_TRACKING_URI) are exported for the whole session, so code under test that
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,9 @@ from typing import Any
 import pytest
 
 from earthsnap_assets.settings import Settings
-from earthsnap_assets.stack import seaweed, stack_down, stack_up
-from earthsnap_assets.stack.ports import free_stack_env
+from earthsnap_assets.stack import StackError, label_studio, seaweed, stack_down, stack_up
+from earthsnap_assets.stack.ports import free_port, free_stack_env
+from earthsnap_assets.stack.process import ManagedProcess
 
 
 def stack_env(home: Path) -> dict[str, str]:
@@ -55,3 +57,34 @@ def make_stack_settings() -> Callable[[Path], Settings]:
         return Settings.from_env({**os.environ, **stack_env(home)})
 
     return make
+
+
+@pytest.fixture(scope="session")
+def review_stack(stack: Settings) -> Iterator[Settings]:
+    """The test stack plus Label Studio (the review queue) on a free port; EARTHSNAP_REVIEW_* point at it.
+
+    Its venv is built once per machine (`Settings.review_venv`, ~3 min the first time); a fresh home's first
+    start migrates SQLite (~50-120 s). A start that fails fails the test with the end of Label Studio's log.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EARTHSNAP_REVIEW_PORT", str(free_port()))
+        patch.delenv("EARTHSNAP_REVIEW_URL", raising=False)
+        settings = Settings.from_env()
+        began = time.monotonic()
+        try:
+            stack_up(settings, dagster=False, review=True)
+        except StackError as exc:
+            pytest.fail(f"Label Studio did not start:\n{exc}", pytrace=False)
+        print(f"\nLabel Studio healthy after {time.monotonic() - began:.1f} s (venv {settings.review_venv})")
+        try:
+            yield settings
+        finally:
+            ManagedProcess(label_studio.NAME, settings.home).stop(label_studio.STOP_TIMEOUT)
+
+
+@pytest.fixture(scope="session")
+def review_client(review_stack: Settings) -> Any:
+    """A `review.client.ReviewClient` for the session's Label Studio, as the platform's token."""
+    from earthsnap_assets.review.client import ReviewClient
+
+    return ReviewClient(review_stack.review_url, review_stack.review_token)

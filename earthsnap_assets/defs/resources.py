@@ -2,6 +2,7 @@
 
 from earthsnap_assets.resources.dataset import DatasetSettings
 from earthsnap_assets.resources.endpoints import Endpoints
+from earthsnap_assets.resources.label_studio import LabelStudio
 from earthsnap_assets.resources.lake_io_manager import LakeIOManager
 from earthsnap_assets.resources.mlflow_registry import MlflowRegistry
 from earthsnap_assets.resources.object_store import ObjectStore
@@ -18,4 +19,5 @@ def bindings() -> dict[str, object]:
         "io_manager": LakeIOManager(store=store),
         "dataset": DatasetSettings(),
         "raw_events": RawEvents(),
+        "label_studio": LabelStudio(),
     }

@@ -1,4 +1,4 @@
-"""The local stack: SeaweedFS (S3), MLflow and `dagster dev` as background processes of this machine.
+"""The local stack: SeaweedFS (S3), MLflow, `dagster dev` (and Label Studio, endpoints) as background processes.
 
 `stack_up` is idempotent and returns only when every service answers its health check, so scripts and
 tests can call it unconditionally; `stack_down` is safe when nothing runs. State (data, logs, PID
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from earthsnap_assets.settings import Settings
-from earthsnap_assets.stack import dagster_dev, mlflow_server, seaweed
+from earthsnap_assets.stack import dagster_dev, label_studio, mlflow_server, seaweed
 from earthsnap_assets.stack.process import ManagedProcess, Port, StackError, check_ports_free
 from earthsnap_assets.stack.serving import PRODUCTION, STAGING
 
@@ -21,7 +21,7 @@ __all__ = ["ServiceStatus", "StackError", "stack_down", "stack_status", "stack_u
 
 
 class _Service(Protocol):
-    """What each service module provides (seaweed, mlflow_server, dagster_dev)."""
+    """What each service module provides (seaweed, mlflow_server, dagster_dev, label_studio)."""
 
     NAME: str
     START_TIMEOUT: float
@@ -35,8 +35,8 @@ class _Service(Protocol):
     def after_stop(self, settings: Settings) -> None: ...
 
 
-# Start order: MLflow needs S3 for artifacts; Dagster's code may talk to both.
-_SERVICES: tuple[_Service, ...] = (seaweed, mlflow_server, dagster_dev, STAGING, PRODUCTION)
+# Start order: MLflow needs S3 for artifacts; Dagster's code may talk to both; Label Studio reads the lake.
+_SERVICES: tuple[_Service, ...] = (seaweed, mlflow_server, label_studio, dagster_dev, STAGING, PRODUCTION)
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,12 @@ class ServiceStatus:
     expected: bool  # `up` started it and `down` has not stopped it (its PID file exists)
 
 
-def _selected(dagster: bool, serving: bool = False) -> tuple[_Service, ...]:
-    skipped = ([] if dagster else [dagster_dev]) + ([] if serving else [STAGING, PRODUCTION])
+def _selected(dagster: bool, serving: bool = False, review: bool = False) -> tuple[_Service, ...]:
+    skipped = (
+        ([] if dagster else [dagster_dev])
+        + ([] if serving else [STAGING, PRODUCTION])
+        + ([] if review else [label_studio])
+    )
     return tuple(s for s in _SERVICES if all(s is not x for x in skipped))
 
 
@@ -98,9 +102,11 @@ def _status(service: _Service, settings: Settings) -> ServiceStatus:
     )
 
 
-def stack_up(settings: Settings, *, dagster: bool = True, serving: bool = False) -> list[ServiceStatus]:
-    """Start what is not running (SeaweedFS, MLflow, Dagster, endpoints) and return once all are healthy."""
-    services = _selected(dagster, serving)
+def stack_up(
+    settings: Settings, *, dagster: bool = True, serving: bool = False, review: bool = False
+) -> list[ServiceStatus]:
+    """Start what is not running (SeaweedFS, MLflow, Dagster, endpoints, Label Studio); return once all are healthy."""
+    services = _selected(dagster, serving, review)
     _check_distinct(services, settings)
     for service in services:  # all ports first: a conflict should not leave half a stack running
         proc = ManagedProcess(service.NAME, settings.home)

@@ -7,7 +7,15 @@ import time
 import click
 
 from earthsnap_assets.settings import Settings
-from earthsnap_assets.stack import ServiceStatus, StackError, dagster_dev, stack_down, stack_status, stack_up
+from earthsnap_assets.stack import (
+    ServiceStatus,
+    StackError,
+    dagster_dev,
+    label_studio,
+    stack_down,
+    stack_status,
+    stack_up,
+)
 
 
 def _state(status: ServiceStatus) -> str:
@@ -18,11 +26,11 @@ def _state(status: ServiceStatus) -> str:
     return "exited" if status.expected else "stopped"
 
 
-OPTIONAL = {dagster_dev.NAME, "serve-staging", "serve-production"}
+OPTIONAL = {dagster_dev.NAME, label_studio.NAME, "serve-staging", "serve-production"}
 
 
 def _failing(status: ServiceStatus) -> bool:
-    """Dagster and the endpoints are optional; SeaweedFS and MLflow are the stack."""
+    """Dagster, Label Studio and the endpoints are optional; SeaweedFS and MLflow are the stack."""
     return not status.healthy and (status.expected or status.name not in OPTIONAL)
 
 
@@ -37,18 +45,19 @@ def _table(statuses: list[ServiceStatus]) -> str:
 
 @click.group(name="stack")
 def stack() -> None:
-    """Run SeaweedFS (S3), MLflow and Dagster locally; state lives in EARTHSNAP_HOME."""
+    """Run SeaweedFS (S3), MLflow and Dagster (and Label Studio) locally; state lives in EARTHSNAP_HOME."""
 
 
 @stack.command()
 @click.option("--no-dagster", is_flag=True, help="Start only SeaweedFS and MLflow.")
 @click.option("--serving", is_flag=True, help="Also start the staging and production endpoints.")
-def up(no_dagster: bool, serving: bool) -> None:
+@click.option("--review", is_flag=True, help="Also start Label Studio (the review queue; its venv is built once).")
+def up(no_dagster: bool, serving: bool, review: bool) -> None:
     """Start what is not running and wait until every service is healthy."""
     settings = Settings.from_env()
     began = time.monotonic()
     try:
-        statuses = stack_up(settings, dagster=not no_dagster, serving=serving)
+        statuses = stack_up(settings, dagster=not no_dagster, serving=serving, review=review)
     except StackError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(_table(statuses))
@@ -68,7 +77,7 @@ def down() -> None:
 
 @stack.command()
 def status() -> None:
-    """Show each service; exit 1 if SeaweedFS, MLflow or a started Dagster is not healthy."""
+    """Show each service; exit 1 if SeaweedFS, MLflow or a started Dagster/Label Studio is not healthy."""
     statuses = stack_status(Settings.from_env())
     click.echo(_table(statuses))
     if any(_failing(s) for s in statuses):
