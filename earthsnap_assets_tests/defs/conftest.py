@@ -13,6 +13,7 @@ from earthsnap_assets.demo.synthetic import SyntheticSpec, SyntheticSummary, gen
 from earthsnap_assets.ingest import ingest
 from earthsnap_assets.lake.capture import CaptureResult, capture
 from earthsnap_assets.resources.dataset import DatasetSettings
+from earthsnap_assets.resources.label_studio import LabelStudio
 from earthsnap_assets.resources.lake_io_manager import LakeIOManager
 from earthsnap_assets.resources.mlflow_registry import MlflowRegistry
 from earthsnap_assets.resources.object_store import ObjectStore
@@ -48,6 +49,7 @@ class Buckets:
             "io_manager": LakeIOManager(store=self.store),
             "dataset": self.dataset,
             "raw_events": RawEvents(),
+            "label_studio": LabelStudio(),  # built lazily: assets that never call it need no server
         }
 
     def ingest(self, root: Path, taxonomy_csv: Path):
