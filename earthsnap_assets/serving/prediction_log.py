@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import logging
 import os
 import re
@@ -57,10 +58,18 @@ KeyOf = Callable[[str, str, str, str, str], str]  # (env, day, hhmmss, replica, 
 _TMP = ".tmp"
 
 
+_APPS = itertools.count(1)
+
+
 def replica_name() -> str:
-    """`<host>-<pid>`: which endpoint process wrote a row (and names its batches and spool directory)."""
+    """`<host>-<pid>`: which endpoint process wrote a row (and names its batches and spool directory).
+
+    A second app in the same process (tests, benchmarks) gets `<host>-<pid>-<n>`: names stay unique, so
+    two live apps never share a spool directory.
+    """
     host = re.sub(r"[^a-z0-9-]+", "-", socket.gethostname().lower()).strip("-") or "host"
-    return f"{host}-{os.getpid()}"
+    n = next(_APPS)
+    return f"{host}-{os.getpid()}" if n == 1 else f"{host}-{os.getpid()}-{n}"
 
 
 @dataclass(frozen=True)
