@@ -5,7 +5,7 @@ Guarantees, in the order the endpoint relies on them:
 * **`record()` never blocks a request and never raises.** It appends a dict to an in-memory list under a
   lock and returns. Two background threads do the rest: the *flusher* (CPU and local disk only) cuts the
   rows into Parquet batches every `flush_interval_s` or `batch_rows` rows, one batch per UTC day of the
-  rows; the *uploader* (the only thread that talks to the lake) writes them.
+  rows; the *uploader* (with a few helper threads, the only ones that talk to the lake) writes them.
 * **A lake outage loses no records.** A batch the lake refuses goes to a local *spool* directory, under its
   lake key, and is retried with exponential backoff (`retry_initial_s` .. `retry_max_s`); while the lake
   is known down, new batches go straight to the spool. Batches are also spooled when the in-memory upload
@@ -41,6 +41,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -201,9 +202,6 @@ class Counters:
     last_error: str | None = None
 
 
-_SPOOL = object()  # the uploader's task "drain the spool"
-
-
 class LogWriter:
     """Rows of one schema -> Parquet batches in the lake, through a bounded buffer, a queue and a spool."""
 
@@ -224,9 +222,10 @@ class LogWriter:
         retry_initial_s: float = 1.0,
         retry_max_s: float = 30.0,
         object_folders: tuple[str, ...] = (),
+        uploaders: int = 4,
     ) -> None:
-        if flush_interval_s <= 0 or batch_rows < 1 or max_pending < batch_rows or max_queued < 1:
-            raise ValueError("need flush_interval_s > 0, batch_rows >= 1, max_pending >= batch_rows, max_queued >= 1")
+        if flush_interval_s <= 0 or batch_rows < 1 or max_pending < batch_rows or min(max_queued, uploaders) < 1:
+            raise ValueError("need flush_interval_s > 0, 1 <= batch_rows <= max_pending, max_queued and uploaders >= 1")
         self.lake, self.bucket, self.schema, self.key_of = lake, bucket, schema, key_of
         self.env, self.replica, self.spool = env, replica, spool
         self.flush_interval_s, self.batch_rows, self.max_pending, self.max_queued = (
@@ -235,7 +234,7 @@ class LogWriter:
             max_pending,
             max_queued,
         )
-        self.retry_initial_s, self.retry_max_s = retry_initial_s, retry_max_s
+        self.retry_initial_s, self.retry_max_s, self.uploaders = retry_initial_s, retry_max_s, uploaders
         self.folders = (key_of(env, "2000-01-01", "000000", replica, "0").split("/")[0], *object_folders)
         self.counters = Counters()
         self._cond = threading.Condition()
@@ -247,6 +246,7 @@ class LogWriter:
         self._down = False
         self._backoff = retry_initial_s
         self._retry_at = 0.0
+        self._turn = False
         self._closing = self._closed = self._flusher_done = False
         self._threads: list[threading.Thread] = []
 
@@ -426,58 +426,71 @@ class LogWriter:
     # --- uploader: queue and spool -> lake ----------------------------------------------------------------
 
     def _upload_loop(self) -> None:
-        while True:
-            task = self._next_task()
-            if task is None:
-                return
-            if task is _SPOOL:
-                self._drain_spool()
-            else:
-                self._upload(task)  # type: ignore[arg-type]
+        """Queue and spool take turns while both have work, so a backlog drains even under steady traffic."""
+        with ThreadPoolExecutor(self.uploaders, thread_name_prefix=f"{self.folders[0]}-log-put") as pool:
+            while True:
+                task = self._next_task()
+                if task is None:
+                    return
+                if task == "queue":
+                    self._upload_queue(pool)
+                else:
+                    self._drain_spool(pool)
 
-    def _next_task(self) -> Outgoing | object | None:
+    def _next_task(self) -> str | None:
         with self._cond:
             while True:
                 may_try = not self._down or time.monotonic() >= self._retry_at
+                spool_ready = bool(self._spooled_rows) and may_try
+                if self._queue and spool_ready:
+                    self._turn = not self._turn
+                    return "spool" if self._turn else "queue"
                 if self._queue:
-                    return self._queue[0]
-                if self._spooled_rows and may_try:
-                    return _SPOOL
+                    return "queue"
+                if spool_ready:
+                    return "spool"
                 if self._flusher_done:
                     return None
                 wait = self._retry_at - time.monotonic() if self._spooled_rows else self.flush_interval_s
                 self._cond.wait(max(0.01, wait))
 
-    def _upload(self, item: Outgoing) -> None:
+    def _upload_queue(self, pool: ThreadPoolExecutor) -> None:
+        """The first `uploaders` queued objects, written concurrently; what fails goes to the spool."""
         with self._cond:
+            items = list(itertools.islice(self._queue, self.uploaders))
             may_try = not self._down or time.monotonic() >= self._retry_at
-        written = may_try and self._write(item.key, item.data)
+        written = list(pool.map(lambda item: self._write(item.key, item.data), items)) if may_try else []
+        written += [False] * (len(items) - len(written))
         with self._cond:
-            with contextlib.suppress(ValueError):
-                self._queue.remove(item)  # close() may have spooled it already
-            if written:
-                self._count_written(item.rows)
-        if not written:
-            self._to_spool(item)
+            for item, ok in zip(items, written, strict=True):
+                with contextlib.suppress(ValueError):
+                    self._queue.remove(item)  # close() may have spooled it already
+                if ok:
+                    self._count_written(item.rows)
+        for item, ok in zip(items, written, strict=True):
+            if not ok:
+                self._to_spool(item)
 
-    def _drain_spool(self) -> None:
-        """Oldest first; stops at the first failure (the lake is down again) and backs off."""
-        for key in self.spool.keys(self.folders):
-            with self._cond:
-                if self._queue:  # fresh batches first: the spool waits its turn
-                    return
-            try:
-                data = self.spool.read(key)
-            except FileNotFoundError:
+    def _drain_spool(self, pool: ThreadPoolExecutor) -> None:
+        """The oldest spooled objects (by key: day, then time), a few at a time, concurrently."""
+        with self._cond:
+            keys = sorted(self._spooled_rows)[: self.uploaders * 2]
+        for key, outcome in zip(keys, pool.map(self._upload_spooled, keys), strict=True):
+            if outcome == "failed":
                 continue
-            if not self._write(key, data):
-                return
-            self.spool.remove(key)
+            if outcome == "written":
+                self.spool.remove(key)
             with self._cond:
-                self._count_written(self._spooled_rows.pop(key, 0))
-        with self._cond:  # a file listed in memory but gone from disk (removed by hand) is no longer pending
-            for key in [k for k in self._spooled_rows if not self.spool.path(k).exists()]:
-                del self._spooled_rows[key]
+                rows = self._spooled_rows.pop(key, 0)
+                if outcome == "written":
+                    self._count_written(rows)
+
+    def _upload_spooled(self, key: str) -> str:
+        try:
+            data = self.spool.read(key)
+        except FileNotFoundError:  # removed by hand: no longer pending
+            return "gone"
+        return "written" if self._write(key, data) else "failed"
 
     def _count_written(self, rows: int) -> None:
         if rows:
@@ -491,13 +504,7 @@ class LogWriter:
         try:
             self.lake.write(self.bucket, key, data)
         except Exception as exc:
-            with self._cond:
-                self._backoff = min(self.retry_max_s, self._backoff * 2) if self._down else self.retry_initial_s
-                self._down = True
-                self._retry_at = time.monotonic() + self._backoff
-                self.counters.failures += 1
-                self.counters.last_error = f"{type(exc).__name__}: {exc}"[:500]
-            log.warning("lake write of %s failed (%s); retrying in %.1f s", key, exc, self._backoff)
+            self._mark_down(key, exc)
             return False
         with self._cond:
             if self._down:
@@ -505,6 +512,19 @@ class LogWriter:
             self._down = False
             self._backoff = self.retry_initial_s
         return True
+
+    def _mark_down(self, key: str, exc: Exception) -> None:
+        """Back off once per failed try, however many concurrent writes of that try failed."""
+        with self._cond:
+            self.counters.failures += 1
+            self.counters.last_error = f"{type(exc).__name__}: {exc}"[:500]
+            if self._down and time.monotonic() < self._retry_at:
+                return
+            self._backoff = min(self.retry_max_s, self._backoff * 2) if self._down else self.retry_initial_s
+            self._down = True
+            self._retry_at = time.monotonic() + self._backoff
+            backoff = self._backoff
+        log.warning("lake write of %s failed (%s); retrying in %.1f s", key, exc, backoff)
 
 
 def _utc(ts: datetime) -> datetime:

@@ -8,6 +8,8 @@ from serving: the writers spool, the taxonomy falls back to the deployed models'
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +29,8 @@ from earthsnap_assets.serving.prediction_log import LogWriter, Spool, replica_na
 from earthsnap_assets.settings import Settings
 
 log = logging.getLogger(__name__)
+
+RECENT_PHOTOS = 10_000  # kept photo keys remembered, so a photo sent again is not uploaded again
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,8 @@ class ProductionLog:
         )
         self.taxonomy = TaxonomySource(lake.blobs, lake.bucket, config.taxonomy_refresh_s, self._deployed_species)
         self._deployed: tuple[object, Mapping[str, str]] | None = None
+        self._kept: OrderedDict[str, None] = OrderedDict()
+        self._kept_lock = threading.Lock()
 
     def start(self) -> None:
         for writer in (self.predictions, self.feedback):
@@ -120,7 +126,8 @@ class ProductionLog:
         photo_key = None
         if self.keeps_photo(answer):
             photo_key = paths.request_photo(self.env, answered_at.date().isoformat(), upload.sha256)
-            writer.put(photo_key, data)
+            if self._first_time(photo_key):
+                writer.put(photo_key, data)
         children = prediction.bundle.children
         writer.record(
             {
@@ -146,6 +153,17 @@ class ProductionLog:
                 "photo_key": photo_key,
             }
         )
+
+    def _first_time(self, key: str) -> bool:
+        """Whether `key` was not kept recently (the same photo, the same day: same key, same bytes)."""
+        with self._kept_lock:
+            if key in self._kept:
+                self._kept.move_to_end(key)
+                return False
+            self._kept[key] = None
+            if len(self._kept) > RECENT_PHOTOS:
+                self._kept.popitem(last=False)
+            return True
 
     def record_feedback(self, record: dict[str, Any]) -> None:
         self.feedback.record(record)
