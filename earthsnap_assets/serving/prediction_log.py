@@ -408,20 +408,22 @@ class LogWriter:
                 return
         self._to_spool(item)
 
-    def _to_spool(self, item: Outgoing) -> None:
+    def _to_spool(self, item: Outgoing) -> bool:
+        """Whether the spool took it; if not (a full disk), it is kept in memory, in the queue, not dropped."""
         try:
             self.spool.put(item.key, item.data)
-        except OSError as exc:  # a full disk too: keep it in memory rather than drop it
+        except OSError as exc:
             log.exception("could not spool %s; kept in memory", item.key)
             with self._cond:
                 self.counters.last_error = f"spool: {type(exc).__name__}: {exc}"
                 self._queue.append(item)
-            return
+            return False
         with self._cond:
             self._spooled_rows[item.key] = item.rows
             self.counters.spooled += item.rows
             self.counters.objects_spooled += 0 if item.rows else 1
             self._cond.notify_all()
+        return True
 
     # --- uploader: queue and spool -> lake ----------------------------------------------------------------
 
@@ -467,9 +469,9 @@ class LogWriter:
                     self._queue.remove(item)  # close() may have spooled it already
                 if ok:
                     self._count_written(item.rows)
-        for item, ok in zip(items, written, strict=True):
-            if not ok:
-                self._to_spool(item)
+        spooled = [self._to_spool(item) for item, ok in zip(items, written, strict=True) if not ok]
+        if not all(spooled):  # lake and disk both refuse: the items went back to the queue, do not spin
+            time.sleep(min(self._backoff, 1.0))
 
     def _drain_spool(self, pool: ThreadPoolExecutor) -> None:
         """The oldest spooled objects (by key: day, then time), a few at a time, concurrently."""
