@@ -243,3 +243,13 @@ def test_kept_objects_take_the_same_path_and_the_feedback_log_the_same_class(tmp
     assert lake.objects[(BUCKET, key)] == b"jpeg bytes"
     assert lake_ids(lake, "feedback/") == Counter([verdict["request_id"]])
     assert predictions.stats()["objects_written"] == 1 and feedback.stats()["written"] == 1
+
+
+def test_photos_are_kept_only_with_a_log_and_a_known_switch() -> None:
+    from earthsnap_assets.serving.config import ServeConfig
+
+    assert ServeConfig().keep_photos == "none" and ServeConfig().log_predictions  # privacy: off by default
+    with pytest.raises(ValueError, match="keep_photos must be one of"):
+        ServeConfig(keep_photos="some")
+    with pytest.raises(ValueError, match="needs log_predictions"):
+        ServeConfig(keep_photos="all", log_predictions=False)
