@@ -14,17 +14,25 @@ them, and stops the stack at the end whatever happens. Then, over N generated 80
                session and from C threads with a session each; `/stats` gives the forward passes
 Targets: HTTP p50 at most 20% above the in-process p50 at concurrency 1, and more HTTP throughput at C
 than at 1 (micro-batching).
+
+`--sections predlog` measures the prediction log's cost: the same endpoint with `log_predictions` off and
+on (rows to the bench stack's real SeaweedFS lake, default flush settings, photos not kept), `--repeats`
+rounds of the same N photos: at concurrency 1 both endpoints up and requests alternating between them, at C
+one endpoint at a time in alternating order. Target: p50 at concurrency 1 with the log at most 5% above
+p50 without it (median over the rounds).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import requests
 import torch
 
@@ -49,6 +58,7 @@ from earthsnap_assets.serving.app import create_app
 from earthsnap_assets.serving.config import ServeConfig
 from earthsnap_assets.serving.local import serving_in_thread
 from earthsnap_assets.serving.models import LoadedModels, RoutingStats, load, load_network
+from earthsnap_assets.serving.production import Lake
 from earthsnap_assets.serving.resolve import RegistryReader
 from earthsnap_assets.settings import Settings
 from earthsnap_assets.stack import stack_down, stack_up
@@ -59,6 +69,7 @@ PHOTO_SIZE = (800, 600)  # width x height, as PIL counts
 TARGET_OVERHEAD = 0.20
 TARGET_BATCHING_GAIN = 1.0
 TARGET_P50_RATIO = 1.5  # p50 at the largest G over p50 at the smallest
+TARGET_LOG_OVERHEAD = 0.05  # p50 with the prediction log on over p50 with it off, minus 1
 
 
 def log(*parts: object) -> None:
@@ -594,7 +605,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=64, help="model input size S (default 64)")
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality of the inputs (default 90)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sections", default="overhead,scale", help="overhead (4 groups, http vs in-process), scale")
+    parser.add_argument(
+        "--sections", default="overhead,scale", help="overhead (4 groups, http vs in-process), scale, predlog"
+    )
     parser.add_argument("--groups", default="4,50,200", help="scale: numbers of groups G (default 4,50,200)")
     parser.add_argument("--species-per-group", type=int, default=3)
     parser.add_argument("--distinct-children", type=int, default=4, help="scale: networks logged, registered G times")
@@ -602,6 +615,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache", type=int, default=ServeConfig().cache_max_children, help="scale: children cached")
     parser.add_argument("--cache-sweep", default="8,32", help="scale: other cache sizes tried at the largest G")
     parser.add_argument("--zipf", type=float, default=1.0, help="scale: popularity skew of the requests (0: none)")
+    parser.add_argument("--repeats", type=int, default=5, help="predlog: rounds of off/on (default 5)")
     args = parser.parse_args(argv)
     args.sections = [x for x in args.sections.split(",") if x]
     args.groups = sorted(int(x) for x in args.groups.split(",") if x)
@@ -641,6 +655,8 @@ def run(args: argparse.Namespace) -> dict:
             result |= run_overhead(args, datas, species, setup)
         if "scale" in args.sections:
             result["scale"] = run_scale(args, datas, settings.home / "bench-serve-endpoints.log")
+        if "predlog" in args.sections:
+            result["prediction_log"] = run_predlog(args, datas, species, settings)
     return result | {
         "setup_s": setup,
         "total_s": round(time.perf_counter() - began, 1),
@@ -727,6 +743,99 @@ def run_overhead(args: argparse.Namespace, datas: Sequence[bytes], species: dict
         },
     }
     return result
+
+
+# ---------------------------------------------------------------------------------------------- prediction log
+
+
+def predlog_round(config: ServeConfig, lake: Lake, datas: Sequence[bytes], args: argparse.Namespace) -> dict:
+    """One endpoint (its own app, started and closed here) at concurrency C: p50 and its log counters."""
+    with serving(create_app(ENV, config=config, lake=lake)) as url:
+        wait_ready(url)
+        cn = run_concurrent(datas, args.concurrency, args.warmup, http_worker(url, datas))
+        log_stats = batch_counts(url).get("prediction_log")
+    return {"p50_ms": cn["p50_ms"], "log": log_stats}
+
+
+def run_predlog(
+    args: argparse.Namespace, datas: Sequence[bytes], species: dict[str, list[str]], settings: Settings
+) -> dict:
+    """p50 latency with the prediction log off vs on.
+
+    Concurrency 1: both endpoints up, requests alternating photo by photo between them (`run_paired`), so
+    the drift of a shared machine's load hits both alike; `--repeats` rounds, median of the rounds' p50s.
+    Concurrency C: one endpoint at a time, rounds alternating which goes first (the log's background threads
+    then cost only the endpoint that has them).
+    """
+    prefix = f"bench-{uuid.uuid4().hex[:8]}-earthsnap-"
+    registry = RegistryClient(experiment=f"bench-serve-log-{prefix[6:14]}")
+    log(f"predlog: registering the hierarchy under {prefix!r}")
+    register_hierarchy(registry, prefix, species, args.backbone, args.image_size)
+    off = ServeConfig(model_prefix=prefix, log_predictions=False, spool_dir=str(settings.home / "spool"))
+    configs = {"off": off, "on": dataclasses.replace(off, log_predictions=True)}
+    lake = Lake.from_settings(settings)
+    c, sent_on = args.concurrency, 0
+    paired: list[dict[str, dict]] = []
+    clocks = {name: ServerClock(create_app(ENV, config=config, lake=lake)) for name, config in configs.items()}
+    with serving(clocks["off"]) as off_url, serving(clocks["on"]) as on_url:
+        wait_ready(off_url)
+        wait_ready(on_url)
+        for index in range(args.repeats):
+            for clock in clocks.values():
+                clock.seconds.clear()
+            (off_c1, _), (on_c1, _) = run_paired(
+                datas, args.warmup, http_worker(off_url, datas), http_worker(on_url, datas)
+            )
+            sent_on += len(datas) + min(args.warmup, len(datas))
+            paired.append(
+                {
+                    name: {"p50_ms": stats["p50_ms"], "in_app_p50_ms": _quantiles(clocks[name].seconds)["p50_ms"]}
+                    for name, stats in (("off", off_c1), ("on", on_c1))
+                }
+            )
+            log(f"  c1 round {index + 1}: {json.dumps(paired[-1])}")
+    sequential: list[dict[str, dict]] = []
+    for index in range(args.repeats):
+        order = ("off", "on") if index % 2 == 0 else ("on", "off")
+        sequential.append({name: predlog_round(configs[name], lake, datas, args) for name in order})
+        sent_on += len(datas) + min(args.warmup * c, len(datas))
+        log(f"  c{c} round {index + 1}: {json.dumps(sequential[-1])}")
+
+    def median(rounds: list[dict[str, dict]], name: str, field: str) -> float:
+        return round(statistics.median(r[name][field] for r in rounds), 2)
+
+    p50_off, p50_on = median(paired, "off", "p50_ms"), median(paired, "on", "p50_ms")
+    in_app_off, in_app_on = median(paired, "off", "in_app_p50_ms"), median(paired, "on", "in_app_p50_ms")
+    cn_off, cn_on = median(sequential, "off", "p50_ms"), median(sequential, "on", "p50_ms")
+    keys = lake.blobs.list_keys(lake.bucket, f"predictions/{ENV}/")
+    rows = sum(pq.read_metadata(io.BytesIO(lake.blobs.read(lake.bucket, k))).num_rows for k in keys)
+    overhead = (p50_on - p50_off) / p50_off
+    return {
+        "p50_off_ms": p50_off,
+        "p50_on_ms": p50_on,
+        "overhead_p50": round(overhead, 4),
+        "target_overhead_p50": TARGET_LOG_OVERHEAD,
+        "meets_log_overhead_target": overhead <= TARGET_LOG_OVERHEAD,
+        "in_app_p50_off_ms": in_app_off,
+        "in_app_p50_on_ms": in_app_on,
+        "overhead_in_app_p50": round((in_app_on - in_app_off) / in_app_off, 4),
+        f"c{c}_p50_off_ms": cn_off,
+        f"c{c}_p50_on_ms": cn_on,
+        f"overhead_p50_c{c}": round((cn_on - cn_off) / cn_off, 4),
+        "rows_in_lake": rows,
+        "requests_answered_with_log_on": sent_on,
+        "every_answer_logged": rows == sent_on,
+        "rounds": {"c1_paired": paired, f"c{c}_sequential": sequential},
+        "params": {
+            "n": len(datas),
+            "repeats": args.repeats,
+            "concurrency": c,
+            "lake": "the bench stack's SeaweedFS (real S3 on localhost)",
+            "log": {"flush_interval_s": off.log_flush_interval_s, "batch_rows": off.log_batch_rows},
+            "keep_photos": off.keep_photos,
+            "statistic": "median over rounds of each round's p50",
+        },
+    }
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
-"""The HTTP endpoint: `POST /predict`, `GET /health`, `/ready`, `/models`, `/stats` (Starlette, ASGI).
+"""The HTTP endpoint: `POST /predict`, `POST /feedback`, `GET /health`, `/ready`, `/models`, `/stats` (Starlette).
 
 A request reads the current bundle once, decodes and preprocesses its photo on a worker thread
 (`run_in_threadpool`, so the event loop keeps accepting), and awaits its share of a batched forward pass:
 the parent on the whole batch, then each routed child once on the photos routed to it. The answer names
 the versions that computed it (`model_versions`: the parent and the children it ran). No Dagster here:
 the registry is read through `registry/client.py`.
+Every answer carries a `request_id` and is logged to the lake (`serving/prediction_log.py`) without waiting
+for it; `POST /feedback` records what a user says about an answer, by that id (`serving/feedback.py`).
 Every refusal is a JSON `{"error": ...}` with a 4xx status.
 """
 
@@ -13,7 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -25,9 +31,21 @@ from earthsnap_assets.registry.client import RegistryClient, RegistryVerbs
 from earthsnap_assets.serving.batching import MicroBatcher
 from earthsnap_assets.serving.config import ServeConfig
 from earthsnap_assets.serving.deployment import Deployment
-from earthsnap_assets.serving.inputs import InputError, image_bytes, prepare, read_body, top_k_param
+from earthsnap_assets.serving.feedback import (
+    FeedbackError,
+    RecentAnswers,
+    check_species,
+    decide_verdict,
+    parse_feedback,
+)
+from earthsnap_assets.serving.inputs import InputError, Prepared, image_bytes, prepare, read_body, top_k_param
+from earthsnap_assets.serving.models import Prediction
+from earthsnap_assets.serving.production import Lake, ProductionLog
+from earthsnap_assets.settings import Settings
 
 log = logging.getLogger(__name__)
+
+FEEDBACK_MAX_BYTES = 16 * 1024
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -41,8 +59,11 @@ class Endpoint:
         self.deployment = deployment
         self.batcher = batcher
         self.config = config
+        self.recent = RecentAnswers(config.recent_answers)
+        self.production: ProductionLog | None = None  # set at startup (lifespan)
 
     async def predict(self, request: Request) -> JSONResponse:
+        received = time.perf_counter()
         bundle = self.deployment.current
         if bundle is None:
             return _error(503, f"not ready: {self.deployment.problem}")
@@ -52,16 +73,62 @@ class Endpoint:
             with self.batcher.expecting() as slot:
                 body = await read_body(request, config.max_bytes)
                 data = image_bytes(body, request.headers.get("content-type", ""))
-                pixels = await run_in_threadpool(prepare, data, bundle.image_size, config.rules)
-                future = slot.submit(bundle, pixels)
+                upload = await run_in_threadpool(prepare, data, bundle.image_size, config.rules)
+                future = slot.submit(bundle, upload.pixels)
         except InputError as exc:
             return _error(exc.status, exc.message)
         except ClientDisconnect:
             return _error(400, "client disconnected before sending the whole body")
         prediction = await asyncio.wrap_future(future)
-        answer = prediction.answer(top_k, config.confidence_threshold)
+        answer = {"request_id": uuid.uuid4().hex, **prediction.answer(top_k, config.confidence_threshold)}
         answer["model_versions"] = prediction.versions()
+        self._remember(answer, received, prediction, upload, data)
         return JSONResponse(answer)
+
+    def _remember(
+        self, answer: dict[str, Any], received: float, prediction: Prediction, upload: Prepared, data: bytes
+    ) -> None:
+        """Keep the answer for feedback and hand its row to the prediction log; never fails the request."""
+        try:
+            latency_ms = (time.perf_counter() - received) * 1000.0
+            self.recent.add(answer["request_id"], answer["species"])
+            if self.production is not None:
+                answered_at = datetime.now(UTC)
+                self.production.record_prediction(
+                    answer["request_id"], answered_at, latency_ms, prediction, answer, upload, data
+                )
+        except Exception:
+            log.exception("could not log request %s", answer.get("request_id"))
+
+    async def feedback(self, request: Request) -> JSONResponse:
+        """`{"request_id", "species", "verdict"?}` -> 202 with the stored record; 4xx says what is wrong."""
+        production = self.production
+        try:
+            feedback = parse_feedback(await read_body(request, FEEDBACK_MAX_BYTES))
+            if production is None:
+                return _error(503, "not started: no feedback log")
+            known, _ = production.taxonomy.species_to_group()
+            if known is None:
+                return _error(503, "no taxonomy to check the species against (lake unreadable, no model loaded yet)")
+            group = check_species(feedback.species, known)
+            verdict = decide_verdict(feedback, self.recent.get(feedback.request_id))
+        except FeedbackError as exc:
+            return JSONResponse({"error": exc.message, **exc.extra}, status_code=exc.status)
+        except InputError as exc:
+            return _error(exc.status, exc.message)
+        except ClientDisconnect:
+            return _error(400, "client disconnected before sending the whole body")
+        record = {
+            "request_id": feedback.request_id,
+            "ts": datetime.now(UTC),
+            "env": self.deployment.env,
+            "replica": production.replica,
+            "verdict": verdict,
+            "species": feedback.species,
+            "group": group,
+        }
+        production.record_feedback(record)
+        return JSONResponse({**record, "ts": record["ts"].isoformat()}, status_code=202)
 
     async def health(self, request: Request) -> JSONResponse:
         return JSONResponse({"status": "alive"})
@@ -83,6 +150,9 @@ class Endpoint:
         deployment = self.deployment
         body = {**self.batcher.stats.as_dict(), "reloads": deployment.reloads}
         body.update(children=deployment.children.stats.as_dict(), routing=deployment.routing.as_dict())
+        body["recent_answers"] = len(self.recent)
+        if self.production is not None:
+            body.update(self.production.stats())
         return JSONResponse(body)
 
 
@@ -91,8 +161,17 @@ async def _server_error(request: Request, exc: Exception) -> JSONResponse:
     return _error(500, "internal error")
 
 
-def create_app(env: str, registry: RegistryVerbs | None = None, config: ServeConfig | None = None) -> Starlette:
-    """The endpoint serving `env`'s alias (staging | production); models load in the background at startup."""
+def create_app(
+    env: str,
+    registry: RegistryVerbs | None = None,
+    config: ServeConfig | None = None,
+    lake: Lake | Callable[[], Lake] | None = None,
+) -> Starlette:
+    """The endpoint serving `env`'s alias (staging | production); models load in the background at startup.
+
+    `lake` is where the prediction and feedback logs go (a `Lake` or a function building one at startup);
+    None: the lake bucket of `Settings.from_env()`, built at startup.
+    """
     config = config or ServeConfig()
     deployment = Deployment(env, registry or RegistryClient(), config)
     batcher = MicroBatcher(config.max_batch, config.max_wait_ms / 1000.0)
@@ -100,6 +179,10 @@ def create_app(env: str, registry: RegistryVerbs | None = None, config: ServeCon
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        target = lake if isinstance(lake, Lake) else (lake or _lake_from_env)()
+        production = ProductionLog(env, config, target, deployment)
+        production.start()
+        endpoint.production = app.state.production = production
         batcher.start()
         deployment.start()
         try:
@@ -107,9 +190,11 @@ def create_app(env: str, registry: RegistryVerbs | None = None, config: ServeCon
         finally:
             deployment.stop()
             batcher.stop()
+            production.close()
 
     routes = [
         Route("/predict", endpoint.predict, methods=["POST"]),
+        Route("/feedback", endpoint.feedback, methods=["POST"]),
         Route("/health", endpoint.health, methods=["GET"]),
         Route("/ready", endpoint.ready, methods=["GET"]),
         Route("/models", endpoint.models, methods=["GET"]),
@@ -119,4 +204,9 @@ def create_app(env: str, registry: RegistryVerbs | None = None, config: ServeCon
     app.state.deployment = deployment
     app.state.batcher = batcher
     app.state.config = config
+    app.state.endpoint = endpoint
     return app
+
+
+def _lake_from_env() -> Lake:
+    return Lake.from_settings(Settings.from_env())

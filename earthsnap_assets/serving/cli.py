@@ -8,7 +8,7 @@ import os
 import click
 
 from earthsnap_assets.ml.routing import RoutingConfig
-from earthsnap_assets.serving.config import ENVIRONMENTS, ServeConfig
+from earthsnap_assets.serving.config import ENVIRONMENTS, KEEP_PHOTOS, ServeConfig
 
 DEFAULTS = ServeConfig()
 ROUTING = DEFAULTS.routing
@@ -33,6 +33,23 @@ ROUTING = DEFAULTS.routing
 @click.option("--cache-max-bytes", default=None, type=int, help="bound on loaded children's weights (bytes)")
 @click.option("--preload-group", "preload_groups", multiple=True, help="load this group's child before serving")
 @click.option("--preload-most-requested", default=DEFAULTS.preload_most_requested, show_default=True)
+@click.option(
+    "--log-predictions/--no-log-predictions",
+    default=DEFAULTS.log_predictions,
+    show_default=True,
+    help="log every answer to the lake (predictions/<env>/day=...)",
+)
+@click.option("--log-flush-interval", default=DEFAULTS.log_flush_interval_s, show_default=True, help="seconds")
+@click.option("--log-batch-rows", default=DEFAULTS.log_batch_rows, show_default=True, help="rows per log batch at most")
+@click.option("--spool-dir", default=None, help="where logs wait while the lake is down [$EARTHSNAP_HOME/spool]")
+@click.option(
+    "--keep-photos",
+    default=DEFAULTS.keep_photos,
+    show_default=True,
+    type=click.Choice(KEEP_PHOTOS),
+    help="request photos kept in the lake (privacy); uncertain = group-level or below the threshold",
+)
+@click.option("--taxonomy-refresh", default=DEFAULTS.taxonomy_refresh_s, show_default=True, help="seconds")
 @click.option("--access-log/--no-access-log", default=False, show_default=True, help="one log line per request")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"]))
 def serve(
@@ -52,6 +69,12 @@ def serve(
     cache_max_bytes: int | None,
     preload_groups: tuple[str, ...],
     preload_most_requested: int,
+    log_predictions: bool,
+    log_flush_interval: float,
+    log_batch_rows: int,
+    spool_dir: str | None,
+    keep_photos: str,
+    taxonomy_refresh: float,
     access_log: bool,
     log_level: str,
 ) -> None:
@@ -75,6 +98,12 @@ def serve(
             cache_max_bytes=cache_max_bytes,
             preload_groups=tuple(preload_groups),
             preload_most_requested=preload_most_requested,
+            log_predictions=log_predictions,
+            log_flush_interval_s=log_flush_interval,
+            log_batch_rows=log_batch_rows,
+            spool_dir=spool_dir,
+            keep_photos=keep_photos,
+            taxonomy_refresh_s=taxonomy_refresh,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc

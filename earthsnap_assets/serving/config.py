@@ -9,6 +9,7 @@ from earthsnap_assets.ml.routing import RoutingConfig
 from earthsnap_assets.registry import names
 
 ENVIRONMENTS = names.ALIASES  # each one is served from the MLflow alias of the same name
+KEEP_PHOTOS = ("none", "uncertain", "all")  # which request photos the endpoint keeps in the lake
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,13 @@ class ServeConfig:
     requested most so far are loaded, so an alias move does not turn hot groups cold.
     `rules` are data QA's per-image rules: a photo the training pipeline would reject for its format, its
     pixel count (decompression bombs) or its size is refused by the endpoint too.
+    Every answer is logged to the lake (`log_predictions`; `serving/prediction_log.py`) in batches cut
+    every `log_flush_interval_s` or `log_batch_rows` rows; what the lake refuses waits in a local spool under
+    `spool_dir` (None: `$EARTHSNAP_HOME/spool`). Request photos are kept only if `keep_photos` says so
+    (privacy: off by default): `uncertain` keeps those whose answer backed off to the group level or whose
+    probability is below `confidence_threshold` (what the review queue needs), `all` keeps every one.
+    `/feedback` checks species against the lake's taxonomy, re-read every `taxonomy_refresh_s`, and derives
+    the verdict for the last `recent_answers` requests this replica answered.
     """
 
     model_prefix: str = names.DEFAULT_PREFIX
@@ -41,6 +49,13 @@ class ServeConfig:
     preload_groups: tuple[str, ...] = ()
     preload_most_requested: int = 8
     rules: QualityRules = field(default_factory=QualityRules)
+    log_predictions: bool = True
+    log_flush_interval_s: float = 5.0
+    log_batch_rows: int = 5000
+    spool_dir: str | None = None
+    keep_photos: str = "none"
+    taxonomy_refresh_s: float = 300.0
+    recent_answers: int = 100_000
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
@@ -57,6 +72,14 @@ class ServeConfig:
             raise ValueError("cache_max_bytes must be positive (or None)")
         if self.preload_most_requested < 0:
             raise ValueError("preload_most_requested must be >= 0")
+        if self.keep_photos not in KEEP_PHOTOS:
+            raise ValueError(f"keep_photos must be one of {list(KEEP_PHOTOS)}, got {self.keep_photos!r}")
+        if self.keep_photos != "none" and not self.log_predictions:
+            raise ValueError("keep_photos needs log_predictions: a kept photo is found through its log row")
+        if self.log_flush_interval_s <= 0 or self.log_batch_rows < 1 or self.taxonomy_refresh_s <= 0:
+            raise ValueError("log_flush_interval_s and taxonomy_refresh_s must be > 0, log_batch_rows >= 1")
+        if self.recent_answers < 0:
+            raise ValueError("recent_answers must be >= 0")
 
     @property
     def parent_name(self) -> str:

@@ -8,15 +8,17 @@ decompression bomb is refused from its header and never decoded.
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
 from email.message import Message
 
 import torch
 from PIL import Image, UnidentifiedImageError
 from starlette.requests import Request
 
-from earthsnap_assets.ml.preprocessing import open_header
+from earthsnap_assets.ml.preprocessing import PreprocessConfig, load_image_array, open_header
 from earthsnap_assets.ml.quality import QualityRules
-from earthsnap_assets.ml.transforms import preprocess_bytes
+from earthsnap_assets.ml.transforms import to_model_input
 
 
 class InputError(Exception):
@@ -90,8 +92,8 @@ def image_bytes(body: bytes, content_type: str) -> bytes:
     return body
 
 
-def check_header(data: bytes, rules: QualityRules) -> None:
-    """QA's per-image rules from the header only: format, pixel count (bombs), short side."""
+def check_header(data: bytes, rules: QualityRules) -> tuple[int, int]:
+    """QA's per-image rules from the header only: format, pixel count (bombs), short side; (width, height)."""
     try:
         header = open_header(data)
     except Image.DecompressionBombError as exc:
@@ -107,15 +109,34 @@ def check_header(data: bytes, rules: QualityRules) -> None:
         raise InputError(413, message)
     if min(width, height) < rules.min_side:
         raise InputError(422, f"image is {width}x{height}: its short side is below {rules.min_side} pixels")
+    return width, height
 
 
-def prepare(data: bytes, image_size: int, rules: QualityRules) -> torch.Tensor:
-    """Checked upload -> 1 x 3 x S x S input via training's eval transform (runs on a worker thread)."""
-    check_header(data, rules)
+@dataclass(frozen=True)
+class Prepared:
+    """A checked upload as the model and the prediction log see it."""
+
+    pixels: torch.Tensor  # 1 x 3 x S x S model input
+    width: int  # of the upload, from its header (not decoded twice)
+    height: int
+    brightness: float  # mean of the model input's pixels in [0, 1], before normalisation
+    sha256: str  # of the uploaded bytes
+
+
+def prepare(data: bytes, image_size: int, rules: QualityRules) -> Prepared:
+    """Checked upload -> 1 x 3 x S x S input via training's eval transform (runs on a worker thread).
+
+    `to_model_input(load_image_array(...))` is `preprocess_bytes`, split so the brightness is read off the
+    uint8 pixels before normalisation (the log's input-drift signal, for the cost of one mean).
+    """
+    width, height = check_header(data, rules)
     try:
-        return preprocess_bytes(data, image_size)
+        array = load_image_array(data, PreprocessConfig(image_size=image_size))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise InputError(422, f"image does not decode: {exc}") from exc
+    brightness = float(array.mean()) / 255.0
+    pixels = to_model_input(array)[None]
+    return Prepared(pixels, width, height, brightness, hashlib.sha256(data).hexdigest())
 
 
 def top_k_param(raw: str | None, default: int, most: int) -> int:
