@@ -97,7 +97,7 @@ def review_labels(
 
 
 review_queue_job = dg.define_asset_job(
-    "review_queue_job", selection=["review_queue"], partitions_def=production_day, description="Queue one day."
+    "review_queue_job", selection=["review_queue"], description="Queue one day (partitioned like the asset)."
 )
 review_labels_job = dg.define_asset_job("review_labels_job", selection=["review_labels"])
 
