@@ -8,6 +8,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -90,6 +91,11 @@ def _dagster_home(settings: Settings) -> Path:
 
 def _execute(job: str, partition: str | None = None) -> bool:
     """Run a job in this process, recorded in the stack's Dagster instance (seen in the UI)."""
+    return _run_job(job, partition).success
+
+
+def _run_job(job: str, partition: str | None = None) -> Any:
+    """`_execute`, returning the ExecuteInProcessResult (its materializations' metadata) for the caller."""
     import warnings
 
     import dagster as dg
@@ -113,7 +119,7 @@ def _execute(job: str, partition: str | None = None) -> bool:
         click.echo(f"  check {check.asset_key.to_user_string()}:{check.check_name} {state}")
     outcome = "succeeded" if result.success else "FAILED"
     click.echo(f"run {result.run_id[:8]} {label} {outcome} in {time.monotonic() - started:.1f} s")
-    return result.success
+    return result
 
 
 def _species_groups() -> list[str]:
@@ -305,7 +311,7 @@ def _wait_production(registry, wanted: dict[str, str], timeout: float) -> dict[s
     return {k: v for k, v in done.items() if v}
 
 
-def _predict_sample(settings: Settings) -> None:
+def _predict_sample(settings: Settings) -> Any:
     """Fresh photos of every species (never seen in training) through the production endpoint, scored."""
     from earthsnap_assets.demo import showcase
     from earthsnap_assets.deployment.stage_tests import post
@@ -316,6 +322,36 @@ def _predict_sample(settings: Settings) -> None:
     result = showcase.run(taxonomy.species_to_group, lambda data: post(url, data, content_type="image/jpeg"))
     for line in result.lines():
         click.echo(f"  {line}")
+    return result
+
+
+def _metadata(result: Any, asset: str) -> dict[str, Any]:
+    events = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == asset]
+    return {k: v.value for k, v in events[-1].materialization.metadata.items()} if events else {}
+
+
+def _demo_monitoring_and_review(settings: Settings, showcase: Any) -> None:
+    """App feedback on the showcase answers, then today's monitoring report and review queue, as jobs."""
+    from datetime import UTC, datetime
+
+    from earthsnap_assets.demo import production_tour
+
+    production = settings.endpoint_url("production")
+    verdicts = production_tour.send_feedback(production, showcase)
+    click.echo(f"  app feedback on the showcase answers: {dict(verdicts)}")
+    logs = production_tour.wait_logged(production)
+    written = {name: log.get("written", 0) for name, log in logs.items()}
+    click.echo(f"  in the lake's prediction log: {written} rows (pending {[v.get('pending') for v in logs.values()]})")
+    day = datetime.now(UTC).date().isoformat()
+    monitoring = _run_job("production_monitoring_daily", day)
+    for line in production_tour.monitoring_lines(_metadata(monitoring, "production_monitoring")):
+        click.echo(f"  monitoring {day}: {line}")
+    queue = _run_job("review_queue_job", day)
+    for line in production_tour.review_lines(_metadata(queue, "review_queue")):
+        click.echo(f"  {line}")
+    click.echo(
+        f"  Label Studio: {settings.review_url} (user {settings.review_user}, password from EARTHSNAP_REVIEW_PASSWORD)"
+    )
 
 
 AUTOMATION_SENSORS = ("raw_change_sensor", "earthsnap_automation")
@@ -387,11 +423,15 @@ def demo(ctx: click.Context, images_per_species: int, auto_approve: bool, loop: 
     """The whole story on a fresh machine: stack, data, training, approval, staging, production, a prediction."""
     from earthsnap_assets.stack import stack_up
 
+    # DEMO ONLY: the endpoints keep every request photo (the default, `none`, keeps none: privacy), so the
+    # review queue can show the photos users corrected; monitoring judges drift from 30 answers (default 100)
+    os.environ.setdefault("EARTHSNAP_KEEP_PHOTOS", "all")
+    os.environ.setdefault("EARTHSNAP_MONITOR_MIN_PREDICTIONS", "30")
     settings = _settings()
     _dagster_home(settings)
     started = time.monotonic()
-    click.echo("== starting the local stack (SeaweedFS S3, MLflow, Dagster, staging + production endpoints)")
-    for status in stack_up(settings, dagster=True, serving=True):
+    click.echo("== starting the local stack (SeaweedFS S3, MLflow, Dagster, Label Studio, staging + production)")
+    for status in stack_up(settings, dagster=True, serving=True, review=True):
         click.echo(f"  {status.name:17s} {status.url}")
     with _automation_paused(settings):
         click.echo("== generating and ingesting demo data")
@@ -406,7 +446,9 @@ def demo(ctx: click.Context, images_per_species: int, auto_approve: bool, loop: 
         deployed = _demo_approve_and_deploy()
         if names.PARENT in deployed:
             click.echo("== predictions from the production endpoint on photos it never saw")
-            _predict_sample(settings)
+            showcase = _predict_sample(settings)
+            click.echo("== production: app feedback, today's monitoring, photos queued for people in Label Studio")
+            _demo_monitoring_and_review(settings, showcase)
     else:
         click.echo("== waiting for a person: approve versions with `earthsnap approve MODEL VERSION`")
     if loop:
@@ -418,6 +460,7 @@ def demo(ctx: click.Context, images_per_species: int, auto_approve: bool, loop: 
     click.echo(f"  staging endpoint    : {settings.endpoint_url('staging')}/models")
     click.echo(f"  production endpoint : {settings.endpoint_url('production')}/models")
     click.echo(f"  S3 (lake)           : {settings.s3_endpoint}/{settings.lake_bucket}")
+    click.echo(f"  Label Studio        : {settings.review_url} (reviewers label queued photos here)")
     click.echo("  stop everything with: .venv/bin/earthsnap stack down")
 
 

@@ -27,6 +27,7 @@ class Answer:
     answered_group: str | None
     probability: float
     status: int
+    request_id: str | None = None  # what the endpoint answered with: the key for `POST /feedback`
 
     @property
     def correct(self) -> bool:
@@ -93,6 +94,7 @@ def run(species_groups: dict[str, str], post: Post, per_species: int = 3, seed: 
                 answered_group=body.get("group") if status == 200 else None,
                 probability=float(body.get("probability") or 0.0) if status == 200 else 0.0,
                 status=status,
+                request_id=body.get("request_id") if status == 200 else None,
             )
         )
     return Showcase(answers)

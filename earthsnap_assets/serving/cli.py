@@ -45,6 +45,7 @@ ROUTING = DEFAULTS.routing
 @click.option(
     "--keep-photos",
     default=DEFAULTS.keep_photos,
+    envvar="EARTHSNAP_KEEP_PHOTOS",
     show_default=True,
     type=click.Choice(KEEP_PHOTOS),
     help="request photos kept in the lake (privacy); uncertain = group-level or below the threshold",

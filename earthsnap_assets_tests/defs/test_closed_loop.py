@@ -18,8 +18,6 @@ import dagster as dg
 import numpy as np
 import pytest
 import requests
-from earthsnap_assets.lake.s3 import S3Blobs
-from earthsnap_assets.serving.production import Lake
 
 from earthsnap_assets.definitions import defs
 from earthsnap_assets.defs.change_capture import raw_change_sensor
@@ -27,6 +25,7 @@ from earthsnap_assets.defs.deployment import deploy_model_version
 from earthsnap_assets.demo.synthetic import render_image
 from earthsnap_assets.deployment.approval import approve
 from earthsnap_assets.lake import paths
+from earthsnap_assets.lake.s3 import S3Blobs
 from earthsnap_assets.lake.taxonomy import parse_taxonomy
 from earthsnap_assets.monitoring.daily import read_day
 from earthsnap_assets.monitoring.records import PREDICTION_SCHEMA
@@ -34,6 +33,7 @@ from earthsnap_assets.resources.endpoints import Endpoints
 from earthsnap_assets.review.client import NOT_THIS_GROUP, UNSURE
 from earthsnap_assets.serving.app import create_app
 from earthsnap_assets.serving.config import ServeConfig
+from earthsnap_assets.serving.production import Lake
 from earthsnap_assets_tests.defs.conftest import fresh_lake
 from earthsnap_assets_tests.defs.training_setup import CHILD, meta, tiny_config, train_everything
 from earthsnap_assets_tests.polling import wait_until
