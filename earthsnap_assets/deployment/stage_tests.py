@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from earthsnap_assets.monitoring.records import TRAFFIC_HEADER
+
 
 @dataclass(frozen=True)
 class GoldenImage:
@@ -40,11 +42,20 @@ class StageTestReport:
         return asdict(self)
 
 
+STAGE_TEST = "stage-test"  # the traffic label of every request the stage tests send
+
+
 def post(
-    url: str, data: bytes, content_type: str = "application/octet-stream", timeout: float = 30
+    url: str,
+    data: bytes,
+    content_type: str = "application/octet-stream",
+    timeout: float = 30,
+    traffic: str | None = None,
 ) -> tuple[int, dict]:
-    """POST bytes; returns (status, JSON body) also for 4xx/5xx answers."""
-    request = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": content_type})
+    """POST bytes; returns (status, JSON body) also for 4xx/5xx answers. `traffic` names who is asking
+    (`monitoring/records.TRAFFIC`): the stage tests say so, so monitoring and review leave them out."""
+    headers = {"Content-Type": content_type, **({TRAFFIC_HEADER: traffic} if traffic else {})}
+    request = urllib.request.Request(url, data=data, method="POST", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read() or b"{}")
@@ -96,7 +107,7 @@ def run_stage_tests(
     latencies, scores, reasons = [], [], []
     for image in golden:
         started = time.perf_counter()
-        status, answer = post(f"{base_url}/predict?top_k=5", image.data)
+        status, answer = post(f"{base_url}/predict?top_k=5", image.data, traffic=STAGE_TEST)
         latencies.append((time.perf_counter() - started) * 1000)
         if status != 200:
             reasons.append(f"golden image answered {status}: {answer}")
@@ -107,7 +118,7 @@ def run_stage_tests(
             scores.append(verdict)
     accuracy = float(np.mean(scores)) if scores else 0.0
     p95 = float(np.percentile(latencies, 95)) if latencies else float("inf")
-    probes = {name: post(f"{base_url}/predict", data)[0] for name, data in BAD_INPUT_PROBES.items()}
+    probes = {name: post(f"{base_url}/predict", data, traffic=STAGE_TEST)[0] for name, data in BAD_INPUT_PROBES.items()}
     if accuracy < expected_accuracy - tolerance:
         reasons.append(f"accuracy {accuracy:.3f} < expected {expected_accuracy:.3f} - tolerance {tolerance:.3f}")
     if p95 > slo_p95_ms:

@@ -30,7 +30,7 @@ from earthsnap_assets.lake import paths
 from earthsnap_assets.lake.storage import Blobs, read_json
 from earthsnap_assets.lake.tables import concat, read_table
 from earthsnap_assets.monitoring import stats
-from earthsnap_assets.monitoring.records import FEEDBACK_SCHEMA, PREDICTION_SCHEMA
+from earthsnap_assets.monitoring.records import FEEDBACK_SCHEMA, PREDICTION_SCHEMA, app_traffic
 from earthsnap_assets.monitoring.reference import MissingReference, Reference, load_reference, mixture
 
 REPORT_FORMAT = 1
@@ -49,6 +49,7 @@ PREDICTION_COLUMNS = [
     "group",
     "probability",
     "latency_ms",
+    "traffic",
     *INPUT_FEATURES,
 ]
 
@@ -190,8 +191,9 @@ def _baseline(blobs: Blobs, bucket: str, env: str, day: str) -> tuple[dict[str, 
             sample = {f: np.asarray(report["inputs_sample"].get(f, []), dtype=float) for f in INPUT_FEATURES}
         else:
             table = read_day(
-                blobs, bucket, paths.predictions_prefix(env, previous), PREDICTION_SCHEMA, list(INPUT_FEATURES)
+                blobs, bucket, paths.predictions_prefix(env, previous), PREDICTION_SCHEMA, [*INPUT_FEATURES, "traffic"]
             )
+            table = app_traffic(table)
             sample = {f: stats.sample(_floats(table, f), INPUT_SAMPLE, seed=back) for f in INPUT_FEATURES}
         if any(len(v) for v in sample.values()):
             used.append(previous)
@@ -249,7 +251,7 @@ def feedback_accuracy(predictions: pa.Table, feedback: pa.Table) -> dict:
 def day_report(blobs: Blobs, bucket: str, env: str, day: str) -> DayReport:
     """The monitoring report of `env`'s prediction log on `day` (UTC); writes the reference caches it needs."""
     table = read_day(blobs, bucket, paths.predictions_prefix(env, day), PREDICTION_SCHEMA, PREDICTION_COLUMNS)
-    table = table.filter(pc.equal(table["env"], env))
+    table = app_traffic(table.filter(pc.equal(table["env"], env)))  # the app's users, not the stage tests
     report = DayReport(env=env, day=day, volume=table.num_rows)
     report.dataset_versions = _counts(table["dataset_version"])
     report.model_versions = _model_versions(table)

@@ -8,9 +8,14 @@ rows (dN), never the whole history. One row per answered request; a request id j
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 LEVELS = ("species", "group")  # `group`: the child was unsure (or not deployed) and the answer backed off
 VERDICTS = ("confirmed", "corrected")  # what an app user said about an answer
+# Who sent a request: the app's users, or the platform's own stage tests (golden photos at every deploy).
+# Monitoring and the review queue look at app traffic only; the header is how a caller says which it is.
+TRAFFIC = ("app", "stage-test")
+TRAFFIC_HEADER = "x-earthsnap-traffic"
 
 TOP_K_ENTRY = pa.struct([("species", pa.string()), ("group", pa.string()), ("probability", pa.float64())])
 
@@ -36,8 +41,18 @@ PREDICTION_SCHEMA = pa.schema(
         ("height", pa.int32()),
         ("brightness", pa.float32()),  # mean of the model input's pixels in [0, 1] (input drift)
         ("photo_key", pa.string()),  # lake key of the kept photo (`paths.request_photo`); null unless kept
+        ("traffic", pa.string()),  # one of TRAFFIC (null in batches written before the column: app)
     ]
 )
+
+
+def app_traffic(table: pa.Table) -> pa.Table:
+    """The rows the app's users caused: what monitoring measures and reviewers see (stage tests left out)."""
+    if "traffic" not in table.column_names:
+        return table
+    column = table["traffic"]
+    return table.filter(pc.or_kleene(pc.is_null(column), pc.equal(column, "app")))
+
 
 FEEDBACK_SCHEMA = pa.schema(
     [

@@ -27,6 +27,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from earthsnap_assets.monitoring.records import TRAFFIC, TRAFFIC_HEADER
 from earthsnap_assets.registry.client import RegistryClient, RegistryVerbs
 from earthsnap_assets.serving.batching import MicroBatcher
 from earthsnap_assets.serving.config import ServeConfig
@@ -46,6 +47,15 @@ from earthsnap_assets.settings import Settings
 log = logging.getLogger(__name__)
 
 FEEDBACK_MAX_BYTES = 16 * 1024
+
+
+def traffic_param(value: str | None) -> str:
+    """Who sent the request (`X-Earthsnap-Traffic`): absent = the app; an unknown value is refused (400)."""
+    if value is None:
+        return "app"
+    if value not in TRAFFIC:
+        raise InputError(400, f"{TRAFFIC_HEADER} must be one of {list(TRAFFIC)}, got {value[:40]!r}")
+    return value
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -70,6 +80,7 @@ class Endpoint:
         config = self.config
         try:
             top_k = top_k_param(request.query_params.get("top_k"), config.default_top_k, config.max_top_k)
+            traffic = traffic_param(request.headers.get(TRAFFIC_HEADER))
             with self.batcher.expecting() as slot:
                 body = await read_body(request, config.max_bytes)
                 data = image_bytes(body, request.headers.get("content-type", ""))
@@ -82,11 +93,17 @@ class Endpoint:
         prediction = await asyncio.wrap_future(future)
         answer = {"request_id": uuid.uuid4().hex, **prediction.answer(top_k, config.confidence_threshold)}
         answer["model_versions"] = prediction.versions()
-        self._remember(answer, received, prediction, upload, data)
+        self._remember(answer, received, prediction, upload, data, traffic)
         return JSONResponse(answer)
 
     def _remember(
-        self, answer: dict[str, Any], received: float, prediction: Prediction, upload: Prepared, data: bytes
+        self,
+        answer: dict[str, Any],
+        received: float,
+        prediction: Prediction,
+        upload: Prepared,
+        data: bytes,
+        traffic: str,
     ) -> None:
         """Keep the answer for feedback and hand its row to the prediction log; never fails the request."""
         try:
@@ -95,7 +112,7 @@ class Endpoint:
             if self.production is not None:
                 answered_at = datetime.now(UTC)
                 self.production.record_prediction(
-                    answer["request_id"], answered_at, latency_ms, prediction, answer, upload, data
+                    answer["request_id"], answered_at, latency_ms, prediction, answer, upload, data, traffic
                 )
         except Exception:
             log.exception("could not log request %s", answer.get("request_id"))

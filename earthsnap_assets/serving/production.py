@@ -118,13 +118,14 @@ class ProductionLog:
         answer: Mapping[str, Any],
         upload: Prepared,
         data: bytes,
+        traffic: str = "app",
     ) -> None:
-        """One PREDICTION_SCHEMA row (and the photo, where kept); hands over and returns at once."""
+        """One PREDICTION_SCHEMA row (and the photo, where kept: app traffic only); hands over and returns at once."""
         writer = self.predictions
         if writer is None:
             return
         photo_key = None
-        if self.keeps_photo(answer):
+        if traffic == "app" and self.keeps_photo(answer):
             photo_key = paths.request_photo(self.env, answered_at.date().isoformat(), upload.sha256)
             if self._first_time(photo_key):
                 writer.put(photo_key, data)
@@ -151,6 +152,7 @@ class ProductionLog:
                 "height": upload.height,
                 "brightness": upload.brightness,
                 "photo_key": photo_key,
+                "traffic": traffic,
             }
         )
 

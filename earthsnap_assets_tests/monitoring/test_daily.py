@@ -177,3 +177,15 @@ def test_a_mid_day_deploy_is_compared_with_the_mix_of_both_versions(blobs):
     assert report.groups["expected"]["insects"] == pytest.approx(0.375 * 0.2)
     assert report.groups["expected"]["birds"] == pytest.approx(0.375 * 0.4 + 0.625 * 0.5)
     assert report.psi_group < 0.05
+
+
+def test_stage_test_traffic_is_left_out_of_the_day(blobs):
+    app = rows(DAY, 500, seed=3)
+    golden = [
+        {**r, "request_id": f"st-{i}", "traffic": "stage-test", "level": "group"}
+        for i, r in enumerate(rows(DAY, 300, seed=4, only_group="insects"))
+    ]
+    write_predictions(blobs, BUCKET, DAY, app + golden)
+    report = day_report(blobs, BUCKET, "production", DAY)
+    assert report.volume == 500  # the 300 golden photos of every deploy are not the app's users
+    assert report.back_off_rate < 0.1 and report.psi_group < 0.05

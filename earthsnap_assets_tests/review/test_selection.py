@@ -94,3 +94,20 @@ def test_threshold_and_empty_inputs() -> None:
         LOW_CONFIDENCE
     ]
     assert select_for_review(DAY, None, None) == []
+
+
+def test_the_stage_tests_golden_photos_never_reach_the_queue() -> None:
+    from earthsnap_assets.lake import paths
+    from earthsnap_assets.lake.storage import MemoryBlobs
+    from earthsnap_assets.lake.tables import write_table
+    from earthsnap_assets.review.queue import read_day
+
+    blobs = MemoryBlobs()
+    app = prediction("app-photo", species=None)  # backed off to the group: a review candidate
+    golden = {**prediction("golden-photo", species=None), "traffic": "stage-test"}
+    key = paths.predictions_batch("production", DAY, "120000", "r1", "d1")
+    write_table(blobs, "lake", key, predictions_table([app, golden]))
+    predictions, _ = read_day(blobs, "lake", DAY)
+    assert predictions.column("image_sha256").to_pylist() == [sha("app-photo")]
+    chosen = select_for_review(DAY, predictions, None, rules=SelectionRules())
+    assert [c.sha256 for c in chosen] == [sha("app-photo")]

@@ -20,7 +20,7 @@ from earthsnap_assets.lake import paths
 from earthsnap_assets.lake.storage import MemoryBlobs
 from earthsnap_assets.lake.taxonomy import Taxonomy
 from earthsnap_assets.lake.versions import save_taxonomy
-from earthsnap_assets.monitoring.records import FEEDBACK_SCHEMA, PREDICTION_SCHEMA
+from earthsnap_assets.monitoring.records import FEEDBACK_SCHEMA, PREDICTION_SCHEMA, TRAFFIC_HEADER
 from earthsnap_assets.serving.app import create_app
 from earthsnap_assets.serving.production import Lake
 from earthsnap_assets_tests.serving.conftest import Deployed
@@ -100,6 +100,24 @@ def test_an_answer_has_a_request_id_and_its_row_in_the_log(served: App, deployed
     assert row["brightness"] == pytest.approx((20 + 230 + 20) / 3 / 255, abs=0.02)  # a solid green JPEG
     assert row["latency_ms"] > 0 and row["photo_key"] is None  # sure of its answer: the photo is not kept
     assert row["replica"] == served.client.get("/stats").json()["replica"]
+    assert row["traffic"] == "app"  # no X-Earthsnap-Traffic header: a user of the app
+
+
+def test_stage_test_traffic_is_labelled_keeps_no_photo_and_unknown_labels_are_refused(served: App) -> None:
+    data = photo(BLUE, size=(90, 70))  # backs off to the group: kept if it were app traffic
+    response = served.client.post(
+        "/predict", content=data, headers={"content-type": "image/jpeg", TRAFFIC_HEADER: "stage-test"}
+    )
+    assert response.status_code == 200 and response.json()["level"] == "group"
+    request_id = response.json()["request_id"]
+    row = next(
+        r for r in flushed(served, "predictions/staging/", {request_id}).to_pylist() if r["request_id"] == request_id
+    )
+    assert row["traffic"] == "stage-test" and row["photo_key"] is None
+    refused = served.client.post(
+        "/predict", content=data, headers={"content-type": "image/jpeg", TRAFFIC_HEADER: "bot"}
+    )
+    assert refused.status_code == 400 and TRAFFIC_HEADER in refused.json()["error"]
 
 
 def test_uncertain_answers_keep_their_photo(served: App) -> None:
