@@ -77,8 +77,13 @@ def k8s_launcher(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def env_of(deployment: Mapping[str, Any]) -> dict[str, str]:
-    """The user deployment's `env` list as the environment a process sees."""
-    return {var["name"]: var["value"] for var in deployment["env"]}
+    """The user deployment's `env` list as the environment a process sees (a Secret's value as `<NAME>`)."""
+    return {var["name"]: var["value"] if "value" in var else f"<{var['name']}>" for var in deployment["env"]}
+
+
+# Variables of the user deployment that come from a Secret, not from these values: read by earthsnap_assets
+# (Settings), not by the cluster configuration.
+SECRET_VARIABLES = {"EARTHSNAP_REVIEW_TOKEN": ("earthsnap-review", "EARTHSNAP_REVIEW_TOKEN")}
 
 
 def image_of(image: Mapping[str, Any]) -> str:
@@ -462,6 +467,29 @@ def test_env_sources_exist_in_deploy_k8s(values: dict[str, Any]):
         assert "earthsnap-config" in names(spec["envConfigMaps"]) and "earthsnap-s3" in names(spec["envSecrets"])
 
 
+def test_review_token_comes_from_the_secret_and_reaches_the_label_studio_resource(values: dict[str, Any]):
+    """The code location (and, through includeConfigInLaunchedRuns, its run and step pods) gets the review token
+    from Secret earthsnap-review, the one Label Studio sets as its admin's token; the URL is in the ConfigMap."""
+    from earthsnap_assets.resources.label_studio import LabelStudio
+    from earthsnap_assets.settings import Settings
+
+    secrets = {
+        doc["metadata"]["name"]: doc["stringData"]
+        for doc in k8s_documents(K8S / "secrets.example.yaml")
+        if doc["kind"] == "Secret"
+    }
+    variables = {var["name"]: var for var in user_deployment(values)["env"]}
+    for name, (secret, key) in SECRET_VARIABLES.items():
+        assert variables[name]["valueFrom"] == {"secretKeyRef": {"name": secret, "key": key}}, name
+        assert key in secrets[secret], f"{secret} has no key {key}"
+    assert "earthsnap-review" not in names(user_deployment(values).get("envSecrets")), "the admin password too"
+    (configmap,) = [doc for doc in k8s_documents(K8S / "configmap.yaml") if doc["kind"] == "ConfigMap"]
+    settings = Settings.from_env({**configmap["data"], **env_of(user_deployment(values))})
+    assert settings.review_url == configmap["data"]["EARTHSNAP_REVIEW_URL"].rstrip("/")
+    assert settings.review_token == "<EARTHSNAP_REVIEW_TOKEN>"
+    assert set(LabelStudio.model_fields) >= {"url", "token"}  # unset: read from these variables when a run starts
+
+
 class _Recorder(dict):
     """An environment that remembers which variables were asked for."""
 
@@ -482,7 +510,7 @@ def test_gpu_variables_parse_and_place_gpu_steps(values: dict[str, Any]):
     recorder = _Recorder(env)
     cluster = ClusterConfig.from_env(recorder)
     # Every EARTHSNAP_ variable set here is one the cluster configuration reads (a misspelt name would be ignored).
-    assert {name for name in env if name.startswith("EARTHSNAP_")} <= recorder.read
+    assert {name for name in env if name.startswith("EARTHSNAP_")} - set(SECRET_VARIABLES) <= recorder.read
     assert cluster.gpu_node_selector and cluster.gpu_tolerations
     assert cluster.executor_config({"parent_model"})["per_step_k8s_config"]["parent_model"]["pod_spec_config"][
         "node_selector"
@@ -599,6 +627,9 @@ def _assert_earthsnap_pod(spec: Mapping[str, Any]) -> None:
     env_names = [var["name"] for var in container["env"]]
     assert len(env_names) == len(set(env_names)), env_names
     assert set(env_names) >= GPU_VARIABLES
+    # The review token reaches run and step pods (review_queue_job's steps call Label Studio) as a Secret reference.
+    (token,) = [var for var in container["env"] if var["name"] == "EARTHSNAP_REVIEW_TOKEN"]
+    assert token["valueFrom"]["secretKeyRef"] == {"name": "earthsnap-review", "key": "EARTHSNAP_REVIEW_TOKEN"}
     volume_names = [volume["name"] for volume in spec["volumes"]]
     assert len(volume_names) == len(set(volume_names)), volume_names
 

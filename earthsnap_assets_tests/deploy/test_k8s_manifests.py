@@ -41,9 +41,13 @@ NAMESPACE = "earthsnap"
 ENVIRONMENTS = ("staging", "production")
 SERVING_PORT = 8080
 MLFLOW_PORT = 5000
+REVIEW_PORT = 8080
+# The project's images, and Label Studio's official one at the version the local stack pins.
+LABEL_STUDIO_IMAGE = "heartexlabs/label-studio:1.23.2"
 ALLOWED_IMAGES = frozenset(
-    {"earthsnap/earthsnap:0.1.0-cpu", "earthsnap/earthsnap:0.1.0-cuda", "earthsnap/mlflow:0.1.0"}
+    {"earthsnap/earthsnap:0.1.0-cpu", "earthsnap/earthsnap:0.1.0-cuda", "earthsnap/mlflow:0.1.0", LABEL_STUDIO_IMAGE}
 )
+SPOOL_DIR = "/var/spool/earthsnap"
 SECRET_KEYS = {
     "earthsnap-s3": {
         "EARTHSNAP_S3_ACCESS_KEY",
@@ -52,6 +56,14 @@ SECRET_KEYS = {
         "AWS_SECRET_ACCESS_KEY",
     },
     "earthsnap-mlflow-db": {"MLFLOW_BACKEND_STORE_URI"},
+    "earthsnap-review": {
+        "EARTHSNAP_REVIEW_USER",
+        "EARTHSNAP_REVIEW_PASSWORD",
+        "EARTHSNAP_REVIEW_TOKEN",
+        "LABEL_STUDIO_AWS_ACCESS_KEY_ID",
+        "LABEL_STUDIO_AWS_SECRET_ACCESS_KEY",
+    },
+    "earthsnap-label-studio-db": {"POSTGRE_HOST", "POSTGRE_PASSWORD"},
 }
 # Where a library reads the non-EARTHSNAP variables of the ConfigMap: (package, file that names them).
 READERS = {"MLFLOW_": ("mlflow", "environment_variables.py"), "AWS_": ("botocore", "configprovider.py")}
@@ -318,6 +330,38 @@ def test_serving_environment_and_scratch_space(env: str) -> None:
     assert threads["resource"] == "limits.cpu", "torch would start one thread per core of the node"
 
 
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_serving_spool_has_its_own_volume_and_the_logs_time_to_close(env: str) -> None:
+    """The log spool is a volume of its own (a container restart keeps it; /tmp downloads cannot crowd it out),
+    and SIGKILL comes only after both logs had their 30 s to close (preStop + 2 x 30 s)."""
+    from earthsnap_assets.serving.cli import serve
+
+    workload = deployment(f"earthsnap-{env}")
+    container = main_container(workload)
+    params = serve.make_context("serve", expand(container["args"][1:], container)).params
+    assert params["spool_dir"] == SPOOL_DIR
+    mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
+    volumes = {volume["name"]: volume for volume in pod_spec(workload)["volumes"]}
+    spool = volumes[mounts[SPOOL_DIR]]
+    assert mounts[SPOOL_DIR] != mounts["/tmp"], "the spool shares its volume with model downloads"
+    assert "emptyDir" in spool, "survives container restarts; pod deletion: see deploy/README.md"
+    pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert pod_spec(workload)["terminationGracePeriodSeconds"] >= pre_stop + 2 * 30
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_serving_keeps_no_photos(env: str) -> None:
+    """Privacy: EARTHSNAP_KEEP_PHOTOS is set explicitly to `none`, and that is what `earthsnap serve` reads."""
+    from earthsnap_assets.serving.cli import serve
+
+    container = main_container(deployment(f"earthsnap-{env}"))
+    assert explicit_env(container)["EARTHSNAP_KEEP_PHOTOS"] == {"name": "EARTHSNAP_KEEP_PHOTOS", "value": "none"}
+    assert "--keep-photos" not in container["args"], "one place only: the variable"
+    (option,) = [p for p in serve.params if p.name == "keep_photos"]
+    assert option.envvar == "EARTHSNAP_KEEP_PHOTOS"
+    assert "EARTHSNAP_KEEP_PHOTOS" not in config(), "the ConfigMap would be a second place to turn it on"
+
+
 def test_production_survives_disruptions() -> None:
     """Two replicas, a rollout that never drops below them, and a budget that keeps one through drains."""
     production = deployment("earthsnap-production")
@@ -351,6 +395,7 @@ def test_services_select_exactly_one_deployment() -> None:
             assert resolve_port(container, port["targetPort"]) is not None, f"{name}: no port {port['targetPort']}"
         selected[name] = matches[0]["metadata"]["name"]
     assert selected["earthsnap-staging"] != selected["earthsnap-production"]
+    assert selected["label-studio"] == "label-studio"
     for name in ("earthsnap-staging", "earthsnap-production"):
         (port,) = objects("Service")[name]["spec"]["ports"]
         assert port["port"] == 80
@@ -363,6 +408,87 @@ def test_deployment_selectors_match_their_pods_only() -> None:
         selector = workload["spec"]["selector"]["matchLabels"]
         owners = [w for w in workloads() if selector.items() <= w["spec"]["template"]["metadata"]["labels"].items()]
         assert owners == [workload], f"{describe(workload)} selects {[describe(o) for o in owners]}"
+
+
+# --- 3b. Label Studio (the review queue) ---------------------------------------------------------------
+
+
+def label_studio() -> dict[str, Any]:
+    return deployment("label-studio")
+
+
+def test_label_studio_is_the_pinned_version_of_the_local_stack() -> None:
+    from earthsnap_assets.stack import label_studio as local
+
+    container = main_container(label_studio())
+    assert container["image"] == f"heartexlabs/label-studio:{local.VERSION}" == LABEL_STUDIO_IMAGE
+    assert container["command"] == ["label-studio"] and container["args"][0] == "start"
+    args = container["args"]
+    assert args[args.index("--port") + 1] == str(REVIEW_PORT) == str(resolve_port(container, "http"))
+    assert args[args.index("--internal-host") + 1] == "0.0.0.0"
+    (port,) = objects("Service")["label-studio"]["spec"]["ports"]
+    assert resolve_port(container, port["targetPort"]) == REVIEW_PORT
+    assert urlsplit(config()["EARTHSNAP_REVIEW_URL"]).port == port["port"]
+
+
+def test_label_studio_runs_alone_as_non_root_with_health_probes() -> None:
+    workload = label_studio()
+    spec = pod_spec(workload)
+    assert workload["spec"]["replicas"] == 1
+    assert workload["spec"]["strategy"]["type"] == "Recreate", "migrations at start: one version at a time"
+    assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] != 0
+    assert spec["serviceAccountName"] == "label-studio"
+    container = main_container(workload)
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        http = container[probe]["httpGet"]
+        assert http["path"] == "/health", probe
+        assert resolve_port(container, http["port"]) == REVIEW_PORT, probe
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300, "first start migrates an empty database"
+
+
+def test_label_studio_credentials_come_from_secrets() -> None:
+    """Admin, token and database password never literal; the token is the one the platform uses."""
+    from earthsnap_assets.stack.label_studio import environment
+
+    container = main_container(label_studio())
+    env = explicit_env(container)
+    for name, key in (
+        ("LABEL_STUDIO_USERNAME", "EARTHSNAP_REVIEW_USER"),
+        ("LABEL_STUDIO_PASSWORD", "EARTHSNAP_REVIEW_PASSWORD"),
+        ("LABEL_STUDIO_USER_TOKEN", "EARTHSNAP_REVIEW_TOKEN"),
+    ):
+        assert env[name]["valueFrom"]["secretKeyRef"] == {"name": "earthsnap-review", "key": key}, name
+    for name in ("LABEL_STUDIO_AWS_ACCESS_KEY_ID", "LABEL_STUDIO_AWS_SECRET_ACCESS_KEY"):
+        ref = env[name]["valueFrom"]["secretKeyRef"]
+        assert ref["name"] == "earthsnap-review" and ref["optional"] is True, "IRSA: the keys may be absent"
+    sources = [next(iter(source.items())) for source in container["envFrom"]]
+    assert sources == [("secretRef", {"name": "earthsnap-label-studio-db"})]
+    assert env["DJANGO_DB"]["value"] == "default"
+    assert not {"POSTGRE_PASSWORD", "POSTGRE_HOST"} & set(env), "from the Secret only"
+    # The settings the local stack gives Label Studio, here too (legacy token, no sign-up, no phoning home).
+    local = environment(Settings.from_env({}))
+    for name in (
+        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN",
+        "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK",
+        "LABEL_STUDIO_LATEST_VERSION_CHECK",
+        "LABEL_STUDIO_COLLECT_ANALYTICS",
+        "LABEL_STUDIO_SENTRY_DSN",
+        "LABEL_STUDIO_FRONTEND_SENTRY_DSN",
+    ):
+        assert env[name]["value"] == local[name], name
+    # On AWS: AWS's own endpoints (the ConfigMap says so), so no S3 endpoint for Label Studio either.
+    assert config()["EARTHSNAP_S3_ENDPOINT"] == "aws" and "LABEL_STUDIO_S3_ENDPOINT" not in env
+
+
+def test_only_label_studio_and_the_code_location_see_the_review_secret() -> None:
+    """Serving and MLflow never get the review token (the Dagster code location gets it from the Helm values)."""
+    for workload in workloads():
+        if workload["metadata"]["name"] == "label-studio":
+            continue
+        text = yaml.safe_dump(pod_spec(workload))
+        assert "earthsnap-review" not in text and "label-studio-db" not in text, describe(workload)
 
 
 # --- 4. MLflow -----------------------------------------------------------------------------------------
@@ -474,12 +600,13 @@ def test_config_means_what_it_says_to_settings() -> None:
     assert settings.mlflow_tracking_uri == "http://mlflow.earthsnap.svc.cluster.local:5000"
     for env in ENVIRONMENTS:
         assert settings.endpoint_url(env) == f"http://earthsnap-{env}.earthsnap.svc.cluster.local"
+    assert settings.review_url == f"http://label-studio.earthsnap.svc.cluster.local:{REVIEW_PORT}"
 
 
 def test_config_urls_point_at_services_here() -> None:
     """`<service>.<namespace>.svc.cluster.local[:port]` of each URL names a Service of this directory and its port."""
     services = objects("Service")
-    for key in ("MLFLOW_TRACKING_URI", "EARTHSNAP_STAGING_URL", "EARTHSNAP_PRODUCTION_URL"):
+    for key in ("MLFLOW_TRACKING_URI", "EARTHSNAP_STAGING_URL", "EARTHSNAP_PRODUCTION_URL", "EARTHSNAP_REVIEW_URL"):
         url = urlsplit(config()[key])
         name, namespace, *rest = (url.hostname or "").split(".")
         assert rest == ["svc", "cluster", "local"] and namespace == NAMESPACE, key
