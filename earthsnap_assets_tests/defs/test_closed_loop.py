@@ -9,15 +9,18 @@ wall time is printed (`-s`) for the issue's loop timings.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import time
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import dagster as dg
 import numpy as np
 import pytest
 import requests
+from mlflow import MlflowClient
 
 from earthsnap_assets.definitions import defs
 from earthsnap_assets.defs.change_capture import raw_change_sensor
@@ -29,6 +32,7 @@ from earthsnap_assets.lake.s3 import S3Blobs
 from earthsnap_assets.lake.taxonomy import parse_taxonomy
 from earthsnap_assets.monitoring.daily import read_day
 from earthsnap_assets.monitoring.records import PREDICTION_SCHEMA
+from earthsnap_assets.registry import names
 from earthsnap_assets.resources.endpoints import Endpoints
 from earthsnap_assets.review.client import NOT_THIS_GROUP, UNSURE
 from earthsnap_assets.serving.app import create_app
@@ -106,7 +110,7 @@ def test_predictions_become_reviewed_photos_that_retrain_only_their_groups_child
     stack, review_stack, review_client, small_dataset, tmp_path_factory, capsys
 ):
     phases = Phases()
-    with fresh_lake() as lake:
+    with fresh_lake() as lake, _forgotten_afterwards(lake):
         lake_resources = lake.resources
         _, groups, results = train_everything(lake, small_dataset, tmp_path_factory.mktemp("loop") / "data")
         taxonomy = parse_taxonomy(lake.store.read(lake.store.raw_bucket, paths.TAXONOMY_KEY).decode())
@@ -232,6 +236,28 @@ def test_predictions_become_reviewed_photos_that_retrain_only_their_groups_child
         phases.done("child retrained, gated, awaiting approval")
     with capsys.disabled():
         print(f"\nclosed loop phases (s): {phases.seconds}, total {sum(phases.seconds.values()):.0f} s")
+
+
+@contextlib.contextmanager
+def _forgotten_afterwards(lake) -> Iterator[None]:
+    """Registered names are global to the session's MLflow (`earthsnap-parent`, `earthsnap-child-<g>`): the
+    versions this test registered, and the aliases it moved, are removed again, so the session's other
+    training and deployment tests see a registry without them (no production version to gate against)."""
+    try:
+        yield
+    finally:
+        client = MlflowClient(lake.registry.uri)
+        mine = f"s3://{lake.store.lake_bucket}/"
+        for model in client.search_registered_models(filter_string=f"name LIKE '{names.DEFAULT_PREFIX}%'"):
+            versions = client.search_model_versions(f"name = '{model.name}'")
+            ours = {v.version for v in versions if v.tags.get(names.DATASET_URI, "").startswith(mine)}
+            for alias, version in model.aliases.items():
+                if str(version) in ours:
+                    client.delete_registered_model_alias(model.name, alias)
+            for version in ours:
+                client.delete_model_version(model.name, version)
+            if ours and len(ours) == len(versions):
+                client.delete_registered_model(model.name)
 
 
 def _truth_by_sha(lake, day: str, truth: dict[str, str]) -> dict[str, str]:
