@@ -7,7 +7,10 @@ the versions that computed it (`model_versions`: the parent and the children it 
 the registry is read through `registry/client.py`.
 Every answer carries a `request_id` and is logged to the lake (`serving/prediction_log.py`) without waiting
 for it; `POST /feedback` records what a user says about an answer, by that id (`serving/feedback.py`).
-Every refusal is a JSON `{"error": ...}` with a 4xx status.
+Every refusal is a JSON `{"error": ...}` with a 4xx status (503 when not ready or too busy), routing ones
+(404, 405) included. Hostile clients are bounded (`ServeConfig`): a body must arrive within a deadline
+(408), an image too costly to decode is refused from its header (413), and at most
+`max_concurrent_decodes` photos decode at once (a request waiting too long for a slot gets 503).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -58,8 +62,8 @@ def traffic_param(value: str | None) -> str:
     return value
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 class Endpoint:
@@ -71,6 +75,22 @@ class Endpoint:
         self.config = config
         self.recent = RecentAnswers(config.recent_answers)
         self.production: ProductionLog | None = None  # set at startup (lifespan)
+        self.decode_slots = asyncio.Semaphore(config.max_concurrent_decodes)
+
+    async def decode(self, data: bytes, image_size: int) -> Prepared:
+        """`prepare` on a worker thread, holding one of `max_concurrent_decodes` slots (503 after a long wait)."""
+        config = self.config
+        try:
+            async with asyncio.timeout(config.decode_queue_timeout_s):
+                await self.decode_slots.acquire()
+        except TimeoutError as exc:
+            retry = str(max(1, round(config.decode_queue_timeout_s)))
+            message = f"busy: no decode slot within {config.decode_queue_timeout_s:g} s, retry later"
+            raise InputError(503, message, {"Retry-After": retry}) from exc
+        try:
+            return await run_in_threadpool(prepare, data, image_size, config.rules, config.max_decode_bytes)
+        finally:
+            self.decode_slots.release()
 
     async def predict(self, request: Request) -> JSONResponse:
         received = time.perf_counter()
@@ -82,12 +102,12 @@ class Endpoint:
             top_k = top_k_param(request.query_params.get("top_k"), config.default_top_k, config.max_top_k)
             traffic = traffic_param(request.headers.get(TRAFFIC_HEADER))
             with self.batcher.expecting() as slot:
-                body = await read_body(request, config.max_bytes)
+                body = await read_body(request, config.max_bytes, config.body_timeout_s)
                 data = image_bytes(body, request.headers.get("content-type", ""))
-                upload = await run_in_threadpool(prepare, data, bundle.image_size, config.rules)
+                upload = await self.decode(data, bundle.image_size)
                 future = slot.submit(bundle, upload.pixels)
         except InputError as exc:
-            return _error(exc.status, exc.message)
+            return _error(exc.status, exc.message, exc.headers)
         except ClientDisconnect:
             return _error(400, "client disconnected before sending the whole body")
         prediction = await asyncio.wrap_future(future)
@@ -121,7 +141,7 @@ class Endpoint:
         """`{"request_id", "species", "verdict"?}` -> 202 with the stored record; 4xx says what is wrong."""
         production = self.production
         try:
-            feedback = parse_feedback(await read_body(request, FEEDBACK_MAX_BYTES))
+            feedback = parse_feedback(await read_body(request, FEEDBACK_MAX_BYTES, self.config.body_timeout_s))
             if production is None:
                 return _error(503, "not started: no feedback log")
             known, _ = production.taxonomy.species_to_group()
@@ -173,9 +193,18 @@ class Endpoint:
         return JSONResponse(body)
 
 
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own refusals (404 no such route, 405 wrong method, ...) as JSON like every other answer."""
+    assert isinstance(exc, HTTPException)
+    return _error(exc.status_code, exc.detail, exc.headers)
+
+
 async def _server_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error on %s", request.url.path, exc_info=exc)
     return _error(500, "internal error")
+
+
+EXCEPTION_HANDLERS = {HTTPException: _http_error, Exception: _server_error}
 
 
 def create_app(
@@ -217,7 +246,7 @@ def create_app(
         Route("/models", endpoint.models, methods=["GET"]),
         Route("/stats", endpoint.stats, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={Exception: _server_error})
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
     app.state.deployment = deployment
     app.state.batcher = batcher
     app.state.config = config
