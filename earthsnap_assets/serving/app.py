@@ -27,9 +27,11 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from earthsnap_assets.monitoring.records import TRAFFIC, TRAFFIC_HEADER
 from earthsnap_assets.registry.client import RegistryClient, RegistryVerbs
@@ -204,6 +206,28 @@ async def _server_error(request: Request, exc: Exception) -> JSONResponse:
     return _error(500, "internal error")
 
 
+class HeaderLimit:
+    """ASGI middleware: 431 JSON for a request whose line + headers exceed `max_bytes`.
+
+    uvicorn's h11 limit (`ServeConfig.server_options`) bounds only a head still incomplete after a read, so
+    a whole oversized head arriving in one read (up to the transport's 256 KiB) would pass without this.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            target = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+            size = target + sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+            if size > self.max_bytes:
+                message = f"request headers of {size} bytes are larger than the limit of {self.max_bytes} bytes"
+                await _error(431, message, {"Connection": "close"})(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 EXCEPTION_HANDLERS = {HTTPException: _http_error, Exception: _server_error}
 
 
@@ -246,7 +270,8 @@ def create_app(
         Route("/models", endpoint.models, methods=["GET"]),
         Route("/stats", endpoint.stats, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS)
+    middleware = [Middleware(HeaderLimit, max_bytes=config.max_header_bytes)]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS, middleware=middleware)
     app.state.deployment = deployment
     app.state.batcher = batcher
     app.state.config = config
