@@ -7,7 +7,10 @@ the versions that computed it (`model_versions`: the parent and the children it 
 the registry is read through `registry/client.py`.
 Every answer carries a `request_id` and is logged to the lake (`serving/prediction_log.py`) without waiting
 for it; `POST /feedback` records what a user says about an answer, by that id (`serving/feedback.py`).
-Every refusal is a JSON `{"error": ...}` with a 4xx status.
+Every refusal is a JSON `{"error": ...}` with a 4xx status (503 when not ready or too busy), routing ones
+(404, 405) included. Hostile clients are bounded (`ServeConfig`): a body must arrive within a deadline
+(408), an image too costly to decode is refused from its header (413), and at most
+`max_concurrent_decodes` photos decode at once (a request waiting too long for a slot gets 503).
 """
 
 from __future__ import annotations
@@ -23,9 +26,12 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from earthsnap_assets.monitoring.records import TRAFFIC, TRAFFIC_HEADER
 from earthsnap_assets.registry.client import RegistryClient, RegistryVerbs
@@ -58,8 +64,8 @@ def traffic_param(value: str | None) -> str:
     return value
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 class Endpoint:
@@ -71,6 +77,22 @@ class Endpoint:
         self.config = config
         self.recent = RecentAnswers(config.recent_answers)
         self.production: ProductionLog | None = None  # set at startup (lifespan)
+        self.decode_slots = asyncio.Semaphore(config.max_concurrent_decodes)
+
+    async def decode(self, data: bytes, image_size: int) -> Prepared:
+        """`prepare` on a worker thread, holding one of `max_concurrent_decodes` slots (503 after a long wait)."""
+        config = self.config
+        try:
+            async with asyncio.timeout(config.decode_queue_timeout_s):
+                await self.decode_slots.acquire()
+        except TimeoutError as exc:
+            retry = str(max(1, round(config.decode_queue_timeout_s)))
+            message = f"busy: no decode slot within {config.decode_queue_timeout_s:g} s, retry later"
+            raise InputError(503, message, {"Retry-After": retry}) from exc
+        try:
+            return await run_in_threadpool(prepare, data, image_size, config.rules, config.max_decode_bytes)
+        finally:
+            self.decode_slots.release()
 
     async def predict(self, request: Request) -> JSONResponse:
         received = time.perf_counter()
@@ -82,12 +104,12 @@ class Endpoint:
             top_k = top_k_param(request.query_params.get("top_k"), config.default_top_k, config.max_top_k)
             traffic = traffic_param(request.headers.get(TRAFFIC_HEADER))
             with self.batcher.expecting() as slot:
-                body = await read_body(request, config.max_bytes)
+                body = await read_body(request, config.max_bytes, config.body_timeout_s)
                 data = image_bytes(body, request.headers.get("content-type", ""))
-                upload = await run_in_threadpool(prepare, data, bundle.image_size, config.rules)
+                upload = await self.decode(data, bundle.image_size)
                 future = slot.submit(bundle, upload.pixels)
         except InputError as exc:
-            return _error(exc.status, exc.message)
+            return _error(exc.status, exc.message, exc.headers)
         except ClientDisconnect:
             return _error(400, "client disconnected before sending the whole body")
         prediction = await asyncio.wrap_future(future)
@@ -121,7 +143,7 @@ class Endpoint:
         """`{"request_id", "species", "verdict"?}` -> 202 with the stored record; 4xx says what is wrong."""
         production = self.production
         try:
-            feedback = parse_feedback(await read_body(request, FEEDBACK_MAX_BYTES))
+            feedback = parse_feedback(await read_body(request, FEEDBACK_MAX_BYTES, self.config.body_timeout_s))
             if production is None:
                 return _error(503, "not started: no feedback log")
             known, _ = production.taxonomy.species_to_group()
@@ -173,9 +195,40 @@ class Endpoint:
         return JSONResponse(body)
 
 
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own refusals (404 no such route, 405 wrong method, ...) as JSON like every other answer."""
+    assert isinstance(exc, HTTPException)
+    return _error(exc.status_code, exc.detail, exc.headers)
+
+
 async def _server_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error on %s", request.url.path, exc_info=exc)
     return _error(500, "internal error")
+
+
+class HeaderLimit:
+    """ASGI middleware: 431 JSON for a request whose line + headers exceed `max_bytes`.
+
+    uvicorn's h11 limit (`ServeConfig.server_options`) bounds only a head still incomplete after a read, so
+    a whole oversized head arriving in one read (up to the transport's 256 KiB) would pass without this.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            target = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+            size = target + sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+            if size > self.max_bytes:
+                message = f"request headers of {size} bytes are larger than the limit of {self.max_bytes} bytes"
+                await _error(431, message, {"Connection": "close"})(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+EXCEPTION_HANDLERS = {HTTPException: _http_error, Exception: _server_error}
 
 
 def create_app(
@@ -217,7 +270,8 @@ def create_app(
         Route("/models", endpoint.models, methods=["GET"]),
         Route("/stats", endpoint.stats, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={Exception: _server_error})
+    middleware = [Middleware(HeaderLimit, max_bytes=config.max_header_bytes)]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS, middleware=middleware)
     app.state.deployment = deployment
     app.state.batcher = batcher
     app.state.config = config

@@ -51,6 +51,11 @@ ROUTING = DEFAULTS.routing
     help="request photos kept in the lake (privacy); uncertain = group-level or below the threshold",
 )
 @click.option("--taxonomy-refresh", default=DEFAULTS.taxonomy_refresh_s, show_default=True, help="seconds")
+@click.option("--body-timeout", default=DEFAULTS.body_timeout_s, show_default=True, help="seconds for a whole body")
+@click.option("--max-header-bytes", default=DEFAULTS.max_header_bytes, show_default=True, help="request headers")
+@click.option("--max-decode-bytes", default=DEFAULTS.max_decode_bytes, show_default=True, help="est. memory per decode")
+@click.option("--max-concurrent-decodes", default=DEFAULTS.max_concurrent_decodes, show_default=True)
+@click.option("--decode-queue-timeout", default=DEFAULTS.decode_queue_timeout_s, show_default=True, help="then 503")
 @click.option("--access-log/--no-access-log", default=False, show_default=True, help="one log line per request")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"]))
 def serve(
@@ -76,6 +81,11 @@ def serve(
     spool_dir: str | None,
     keep_photos: str,
     taxonomy_refresh: float,
+    body_timeout: float,
+    max_header_bytes: int,
+    max_decode_bytes: int,
+    max_concurrent_decodes: int,
+    decode_queue_timeout: float,
     access_log: bool,
     log_level: str,
 ) -> None:
@@ -105,6 +115,11 @@ def serve(
             spool_dir=spool_dir,
             keep_photos=keep_photos,
             taxonomy_refresh_s=taxonomy_refresh,
+            body_timeout_s=body_timeout,
+            max_header_bytes=max_header_bytes,
+            max_decode_bytes=max_decode_bytes,
+            max_concurrent_decodes=max_concurrent_decodes,
+            decode_queue_timeout_s=decode_queue_timeout,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
@@ -113,4 +128,5 @@ def serve(
         from earthsnap_assets.settings import Settings
 
         port = Settings.from_env().endpoint_port(env)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log, workers=1)
+    options: dict = config.server_options()  # h11 with the header size limit
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log, workers=1, **options)

@@ -32,6 +32,15 @@ class ServeConfig:
     probability is below `confidence_threshold` (what the review queue needs), `all` keeps every one.
     `/feedback` checks species against the lake's taxonomy, re-read every `taxonomy_refresh_s`, and derives
     the verdict for the last `recent_answers` requests this replica answered.
+    Hostile clients (README "Bad input gets a 4xx"): a body must arrive whole within `body_timeout_s` of the
+    first read (else 408), so a stalled or trickled upload cannot hold a worker; request headers larger
+    than `max_header_bytes` are refused by uvicorn's h11 parser (400, connection closed; `server_options`).
+    An image whose decoding would cost more than `max_decode_bytes` (its pixels times the measured peak
+    bytes per pixel of its mode, from the header: `inputs.decode_cost`) is refused with 413 before decoding;
+    the default, 512 MiB, refuses a 6300x6300 16-bit PNG (~1.1 GB) and passes any JPEG within QA's pixel
+    limit (decoded at reduced scale) and 8-bit RGB PNGs up to ~50 MP. At most `max_concurrent_decodes`
+    photos decode at once (memory follows this bound, ~2 GiB by default, not the number of connections);
+    a request that waits more than `decode_queue_timeout_s` for a slot gets 503 with Retry-After.
     """
 
     model_prefix: str = names.DEFAULT_PREFIX
@@ -56,6 +65,11 @@ class ServeConfig:
     keep_photos: str = "none"
     taxonomy_refresh_s: float = 300.0
     recent_answers: int = 100_000
+    body_timeout_s: float = 15.0  # whole body, from the first read: a slow-loris trickle gets 408
+    max_header_bytes: int = 16 * 1024  # request line + headers (uvicorn's h11 limit)
+    max_decode_bytes: int = 512 * 1024 * 1024  # estimated peak memory of decoding one photo
+    max_concurrent_decodes: int = 4
+    decode_queue_timeout_s: float = 10.0  # longest wait for a decode slot before 503
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
@@ -80,6 +94,14 @@ class ServeConfig:
             raise ValueError("log_flush_interval_s and taxonomy_refresh_s must be > 0, log_batch_rows >= 1")
         if self.recent_answers < 0:
             raise ValueError("recent_answers must be >= 0")
+        if self.body_timeout_s <= 0 or self.decode_queue_timeout_s <= 0:
+            raise ValueError("body_timeout_s and decode_queue_timeout_s must be > 0")
+        if self.max_header_bytes < 1024 or self.max_decode_bytes < 1 or self.max_concurrent_decodes < 1:
+            raise ValueError("max_header_bytes must be >= 1024, max_decode_bytes and max_concurrent_decodes >= 1")
+
+    def server_options(self) -> dict[str, object]:
+        """uvicorn options enforcing `max_header_bytes`: the h11 parser (httptools has no header limit)."""
+        return {"http": "h11", "h11_max_incomplete_event_size": self.max_header_bytes}
 
     @property
     def parent_name(self) -> str:

@@ -12,13 +12,19 @@ from typing import Any
 
 @contextlib.contextmanager
 def serving_in_thread(app: Any, start_timeout: float = 30.0) -> Iterator[str]:
-    """Run `app` on a free port of 127.0.0.1 and yield its base URL; stopped on exit."""
+    """Run `app` on a free port of 127.0.0.1 and yield its base URL; stopped on exit.
+
+    An app of `create_app` runs with its `ServeConfig.server_options` (header size limit), as the CLI runs it.
+    """
     import uvicorn
+
+    config = getattr(getattr(app, "state", None), "config", None)
+    options = config.server_options() if hasattr(config, "server_options") else {}
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, **options))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + start_timeout
