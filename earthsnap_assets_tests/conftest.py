@@ -43,6 +43,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
             stack_down(settings)
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_tracking_uri_kept() -> Iterator[None]:
+    """`mlflow.set_tracking_uri` also rewrites MLFLOW_TRACKING_URI in os.environ, and `RegistryVerbs` calls it
+    with its own URI: a test that points a registry at a dead server (an outage test) would leave every later
+    test, and `Settings.from_env()`, talking to that dead server. Put the session's value back after each test."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is not None and os.environ.get("MLFLOW_TRACKING_URI") != before:
+        import mlflow
+
+        mlflow.set_tracking_uri(before)  # sets os.environ too
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 @pytest.fixture(scope="session")
 def s3_client(stack: Settings) -> Any:
     """A boto3 S3 client for the test stack."""
