@@ -85,6 +85,12 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "EARTHSNAP_WEED_MASTER_PORT": str(settings.weed_master_port),
         "EARTHSNAP_WEED_VOLUME_PORT": str(settings.weed_volume_port),
         "EARTHSNAP_WEED_FILER_PORT": str(settings.weed_filer_port),
+        "EARTHSNAP_REVIEW_PORT": str(settings.review_port),
+        "EARTHSNAP_REVIEW_URL": settings.review_url,
+        "EARTHSNAP_REVIEW_USER": settings.review_user,
+        "EARTHSNAP_REVIEW_PASSWORD": settings.review_password,
+        "EARTHSNAP_REVIEW_TOKEN": settings.review_token,
+        "EARTHSNAP_REVIEW_VENV": str(settings.review_venv),
     }
 
 
