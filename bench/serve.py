@@ -53,6 +53,7 @@ from earthsnap_assets.ml.model_cache import ModelCache
 from earthsnap_assets.ml.models import DEFAULT_BACKBONE, create_classifier
 from earthsnap_assets.ml.routing import RoutingConfig
 from earthsnap_assets.ml.transforms import preprocess_bytes
+from earthsnap_assets.registry import release
 from earthsnap_assets.registry.client import RegistryClient, RegistryVerbs
 from earthsnap_assets.serving.app import create_app
 from earthsnap_assets.serving.config import ServeConfig
@@ -139,6 +140,7 @@ def register_model(
     """Log `model` as pt2 and register it as `name` with the tags serving reads: (version, model uri, run id)."""
     example = np.zeros((2, 3, image_size, image_size), np.float32)
     tags = {"classes": ",".join(classes), "image_size": str(image_size), "dataset_version": "bench-serve"}
+    tags |= release.released_tags("production")  # as the deploy job leaves them: the endpoint serves only those
     with registry.run(name) as run_id:
         uri = registry.log_model(run_id, model, example, {"classes": classes})
         if mapping is not None:  # the parent: its group -> species mapping is an artifact, as registration does
@@ -447,6 +449,7 @@ def register_wide(
         index, group = index_group
         uri, run_id = logged[index % len(logged)]
         tags = {"classes": ",".join(species[group]), "image_size": str(args.image_size), "dataset_version": "bench"}
+        tags |= release.released_tags("production")
         return f"{prefix}child-{group}", registry.register(uri, f"{prefix}child-{group}", run_id, tags)
 
     rest = list(enumerate(groups))[args.distinct_children :]

@@ -213,11 +213,11 @@ def _registry_and_store():
 @click.option("--note", default="", help="why you approve (kept in the history)")
 def approve_command(model: str, version: str, note: str) -> None:
     """Approve MODEL VERSION (tag approval=approved); the approval sensor deploys it."""
-    from earthsnap_assets.deployment.approval import ApprovalError, approve
+    from earthsnap_assets.deployment.approval import ApprovalError, RegistryUnavailable, approve
 
     try:
         decision = approve(*_registry_and_store(), model, version, note)
-    except ApprovalError as exc:
+    except (ApprovalError, RegistryUnavailable) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{model} v{version} approved by {decision['approved_by']} at {decision['approved_at']}")
 
@@ -228,11 +228,11 @@ def approve_command(model: str, version: str, note: str) -> None:
 @click.option("--reason", required=True, help="why the version must not be deployed")
 def reject_command(model: str, version: str, reason: str) -> None:
     """Reject MODEL VERSION (tag approval=rejected); it is never deployed."""
-    from earthsnap_assets.deployment.approval import ApprovalError, reject
+    from earthsnap_assets.deployment.approval import ApprovalError, RegistryUnavailable, reject
 
     try:
         decision = reject(*_registry_and_store(), model, version, reason)
-    except ApprovalError as exc:
+    except (ApprovalError, RegistryUnavailable) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{model} v{version} rejected by {decision['rejected_by']}: {reason}")
 
@@ -241,13 +241,35 @@ def reject_command(model: str, version: str, reason: str) -> None:
 @click.argument("model")
 def rollback_command(model: str) -> None:
     """Re-point MODEL's `production` alias to the version it served before."""
-    from earthsnap_assets.deployment.approval import ApprovalError, rollback
+    from earthsnap_assets.deployment.approval import ApprovalError, RegistryUnavailable, rollback
 
     try:
         before, after = rollback(*_registry_and_store(), model)
-    except ApprovalError as exc:
+    except (ApprovalError, RegistryUnavailable) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{model}: production moved from v{before} back to v{after}")
+
+
+@main.command("pending")
+def pending_command() -> None:
+    """Model versions waiting for a person: to approve, to approve again after a failed deploy, or refused."""
+    from earthsnap_assets.deployment.approval import RegistryUnavailable, pending
+
+    registry, _store = _registry_and_store()
+    try:
+        waiting = pending(registry)
+    except Exception as exc:
+        raise click.ClickException(str(RegistryUnavailable(f"MLflow at {registry.uri} did not answer: {exc}"))) from exc
+    if not waiting:
+        click.echo("nothing waits for approval")
+        return
+    click.echo(f"{'MODEL':<32} {'VERSION':>7}  {'APPROVAL':<13} {'GATE':<6} {'TEST ACC':>8} {'PRODUCTION':>10}  WHY")
+    for w in waiting:
+        accuracy = w.test_accuracy[:8]
+        click.echo(
+            f"{w.model:<32} {w.version:>7}  {w.approval:<13} {w.gate:<6} {accuracy:>8} {w.production:>10}  {w.why}"
+        )
+    click.echo("approve: `earthsnap approve MODEL VERSION` or tag approval=approved in the MLflow UI")
 
 
 @main.command("history")

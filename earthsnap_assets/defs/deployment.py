@@ -22,8 +22,10 @@ class DeployConfig(dg.Config):
 
 
 def _mark(registry: MlflowRegistry, store: ObjectStore, target: dict, action: str, **detail) -> None:
-    registry.set_version_tags(target["model"], target["version"], {"deploy_status": action})
+    """History first, then the tag: an alias move is recorded before it happens, so the alias audit
+    (`defs/deploy_sensors.py`) never mistakes the deploy job's own move for one made by hand."""
     record(store, store.lake_bucket, Event(target["model"], target["version"], action, detail=detail))
+    registry.set_version_tags(target["model"], target["version"], {names.DEPLOY_STATUS: action})
 
 
 @dg.op
@@ -44,8 +46,8 @@ def deploy_to_staging(
     """Point `staging` at the version and wait until the staging endpoint answers with it."""
     if target["model"] != names.PARENT and registry.alias_version(names.PARENT, "staging") is None:
         raise dg.Failure("no earthsnap-parent version is in staging yet: approve and deploy the parent first")
+    _mark(registry, store, target, "staging", alias="staging")
     registry.set_alias(target["model"], "staging", target["version"])
-    _mark(registry, store, target, "staging")
     seconds = endpoints.wait_serving("staging", target["model"], target["version"], target["wait_seconds"])
     context.add_output_metadata({"staging_url": endpoints.url("staging"), "reload_seconds": round(seconds, 2)})
     return target
@@ -77,8 +79,7 @@ def stage_tests(
     )
     _mark(registry, store, target, "stage_test", result=verdict, accuracy=round(report.accuracy, 4))
     context.add_output_metadata({"stage_test": verdict, **{k: v for k, v in report.to_json().items() if k != "probes"}})
-    if not report.passed:
-        _mark(registry, store, target, "deploy_failed", reasons="; ".join(report.reasons))
+    if not report.passed:  # the failure hook records it and asks for a new approval
         raise dg.Failure(
             f"stage tests failed: {report.reasons}", metadata={"report": dg.MetadataValue.json(report.to_json())}
         )
@@ -91,13 +92,44 @@ def promote_to_production(
 ) -> None:
     """Point `production` at the version and wait until the production endpoint answers with it."""
     previous = registry.alias_version(target["model"], "production")
+    _mark(registry, store, target, "production", alias="production", previous=previous or "")
     registry.set_alias(target["model"], "production", target["version"])
-    _mark(registry, store, target, "production", previous=previous or "")
     seconds = endpoints.wait_serving("production", target["model"], target["version"], target["wait_seconds"])
     registry.set_version_tags(target["model"], target["version"], {"deploy_status": "production"})
     context.add_output_metadata({"previous_production": previous or "none", "reload_seconds": round(seconds, 2)})
 
 
-@dg.job(description="Deploy an approved model version: staging, stage tests over HTTP, then production.")
+@dg.failure_hook(required_resource_keys={"registry", "store"})
+def deploy_failed(context: dg.HookContext) -> None:
+    """Any failed step: record why, and take the approval back so a person decides again.
+
+    `approval=deploy-failed` and no `approved_at`: approving again (MLflow UI or `earthsnap approve`) gets a
+    new approval time, hence a new sensor run key; Dagster would skip a repeated one.
+    """
+    run = context.instance.get_run_by_id(context.run_id)
+    target = (run.run_config if run else {}).get("ops", {}).get("check_approved", {}).get("config", {})
+    model, version = target.get("model"), target.get("version")
+    if not model or not version:
+        return
+    registry, store = context.resources.registry, context.resources.store
+    error = str(getattr(context.op_exception, "description", None) or context.op_exception or "unknown")[:2000]
+    record(
+        store,
+        store.lake_bucket,
+        Event(model, version, "deploy_failed", detail={"step": context.op.name, "error": error}),
+    )
+    tags = registry.version_tags(model, version)
+    update = {names.DEPLOY_STATUS: "deploy_failed", names.DEPLOY_ERROR: f"{context.op.name}: {error}"}
+    if tags.get(names.APPROVAL) == "approved":
+        update[names.APPROVAL] = "deploy-failed"
+        registry.delete_version_tag(model, version, names.APPROVED_AT)
+    registry.set_version_tags(model, version, update)
+    context.log.warning(f"{model} v{version}: deploy failed at {context.op.name}; approve it again to retry")
+
+
+@dg.job(
+    description="Deploy an approved model version: staging, stage tests over HTTP, then production.",
+    hooks={deploy_failed},
+)
 def deploy_model_version() -> None:
     promote_to_production(stage_tests(deploy_to_staging(check_approved())))

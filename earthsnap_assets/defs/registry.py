@@ -9,6 +9,19 @@ from earthsnap_assets.pipeline.registration import register
 from earthsnap_assets.refs import DatasetRef, EvaluationRef, ModelRef
 from earthsnap_assets.resources.mlflow_registry import MlflowRegistry
 
+GATE_CHECK = "gate"
+GATE_DESCRIPTION = (
+    "The registered version passed the automated gate (minimum accuracy, no regression against production); "
+    "a failed gate is a red check, and the version cannot be approved."
+)
+RETRY = dg.RetryPolicy(max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+"""A registration that meets a registry outage fails clearly (bounded: `registry/limits.py`) and is tried
+again after about 30 s, 60 s and 120 s; registration is idempotent up to the version number."""
+
+
+def _gate_check(asset: str) -> dg.AssetCheckSpec:
+    return dg.AssetCheckSpec(GATE_CHECK, asset=asset, blocking=True, description=GATE_DESCRIPTION)
+
 
 def _register(
     registry: MlflowRegistry,
@@ -18,9 +31,13 @@ def _register(
     group_species: dict[str, list[str]] | None = None,
 ):
     if model.single_species:
-        return dg.Output(
+        yield dg.Output(
             {"registered": False, "reason": "one-species group: no network"}, metadata={"registered": False}
         )
+        yield dg.AssetCheckResult(
+            check_name=GATE_CHECK, passed=True, metadata={"reason": "one-species group: nothing to gate"}
+        )
+        return
     version = register(
         registry, model, evaluation.metrics, config.min_accuracy, config.tolerance, group_species=group_species
     )
@@ -34,10 +51,22 @@ def _register(
         **{k: v for k, v in version.tags.items() if k.startswith("group_species_")},
     }
     value = {"registered": True, "name": version.name, "version": version.version, "gate": version.gate.tag}
-    return dg.Output(value, metadata=metadata)
+    yield dg.Output(value, metadata=metadata)
+    yield dg.AssetCheckResult(
+        check_name=GATE_CHECK,
+        passed=version.gate.passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"registered_model": version.name, "version": version.version, "reason": version.gate.reason},
+    )
 
 
-@dg.asset(group_name="registry", kinds={"mlflow"}, automation_condition=retrain_on_data_change())
+@dg.asset(
+    group_name="registry",
+    kinds={"mlflow"},
+    automation_condition=retrain_on_data_change(),
+    check_specs=[_gate_check("registered_parent")],
+    retry_policy=RETRY,
+)
 def registered_parent(
     config: GateConfig,
     registry: MlflowRegistry,
@@ -51,7 +80,7 @@ def registered_parent(
     artifact of the version's run; the version's tags hold its URI, sha256 and counts.
     """
     group_species = {g: list(species) for g, species in parent_sample.labels.items()}
-    return _register(registry, parent_model, parent_evaluation, config, group_species)
+    yield from _register(registry, parent_model, parent_evaluation, config, group_species)
 
 
 @dg.asset(
@@ -59,9 +88,11 @@ def registered_parent(
     partitions_def=species_group,
     kinds={"mlflow"},
     automation_condition=retrain_on_data_change(),
+    check_specs=[_gate_check("registered_child")],
+    retry_policy=RETRY,
 )
 def registered_child(
     config: ChildGateConfig, registry: MlflowRegistry, child_model: ModelRef, child_evaluation: EvaluationRef
 ):
     """A new version of `earthsnap-child-<group>`, tagged `approval=pending` and with its gate result."""
-    return _register(registry, child_model, child_evaluation, config)
+    yield from _register(registry, child_model, child_evaluation, config)

@@ -6,7 +6,8 @@
 
 Registry errors are errors: only MLflow's RESOURCE_DOES_NOT_EXIST means "absent". A timeout or a 5xx
 raises, so an outage is never read as "no production version" (which would pass the non-regression gate)
-or "no such alias" (which would leave an endpoint serving nothing).
+or "no such alias" (which would leave an endpoint serving nothing). Every call is bounded in time and
+retries (`registry/limits.py`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 
 from earthsnap_assets.hashing import sha256_bytes
-from earthsnap_assets.registry import names
+from earthsnap_assets.registry import limits, names
 from earthsnap_assets.settings import Settings
 
 PIP_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1", "timm==1.0.31"]
@@ -71,11 +72,13 @@ class RegistryVerbs:
     def client(self) -> Any:
         from mlflow import MlflowClient
 
+        limits.apply()  # bounded timeouts and retries: an outage is an error within seconds, not minutes
         return MlflowClient(tracking_uri=self.uri)
 
     def _mlflow(self, with_experiment: bool = True) -> Any:
         import mlflow
 
+        limits.apply()
         mlflow.set_tracking_uri(self.uri)
         if with_experiment:  # readers (serving) must not create the pipeline's experiment as a side effect
             mlflow.set_experiment(self.experiment)
@@ -166,6 +169,14 @@ class RegistryVerbs:
     def set_version_tags(self, name: str, version: str, tags: dict[str, str]) -> None:
         for key, value in tags.items():
             self.client.set_model_version_tag(name, version, key, value)
+
+    def delete_version_tag(self, name: str, version: str, key: str) -> None:
+        """Remove one tag; a tag that is not there is not an error."""
+        try:
+            self.client.delete_model_version_tag(name, version, key)
+        except Exception as exc:
+            if not is_missing(exc):
+                raise
 
     def version_tags(self, name: str, version: str) -> dict[str, str]:
         return dict(self.client.get_model_version(name, version).tags)

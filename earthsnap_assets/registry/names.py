@@ -41,6 +41,20 @@ INIT_PARENT_RUN = "init_parent_run_id"  # the MLflow run of the parent a child s
 WEIGHTS_URI = "weights_uri"
 WEIGHTS_SHA256 = "weights_sha256"
 
+# The release state of a version: the gate's verdict (registration), a person's decision (MLflow UI or
+# `earthsnap approve`), the deploy job's stage test and progress. Serving reads them to refuse a version the
+# deploy job did not release (`registry/release.py`).
+GATE = "gate"  # passed | failed
+GATE_REASON = "gate_reason"
+APPROVAL = "approval"  # pending | approved | rejected | refused (approved although the gate failed) | deploy-failed
+APPROVED_BY = "approved_by"
+APPROVED_AT = "approved_at"
+APPROVAL_SOURCE = "approval_source"  # cli | mlflow-ui (stamped by the approval sensor)
+APPROVAL_REFUSED = "approval_refused"  # why the sensor refused an approval (gate failed)
+STAGE_TEST = "stage_test"  # passed | failed: the deploy job's tests over HTTP against staging
+DEPLOY_STATUS = "deploy_status"  # staging | stage_test | production | deploy_failed
+DEPLOY_ERROR = "deploy_error"  # why the last deploy of this version failed
+
 # The parent's group -> species mapping: an artifact of the version's run, pointed at by these tags.
 GROUP_SPECIES_URI = "group_species_uri"  # runs:/<run_id>/<GROUP_SPECIES_DIR>/<sha256>.json
 GROUP_SPECIES_SHA256 = "group_species_sha256"  # of the artifact's bytes: serving refuses a mismatch

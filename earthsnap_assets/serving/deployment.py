@@ -3,6 +3,9 @@
 The swap is one reference assignment (atomic in Python): a request reads `current` once and keeps that
 bundle to the end, so requests in flight during a swap finish on the old bundle and none fail. A bundle
 that cannot be built leaves the old one serving; the same versions are retried after `retry_failed_s`.
+Before anything is loaded, every version new to this endpoint must carry the tags of a release at the alias
+(`registry/release.py`): an alias moved by hand to an unreleased version is refused, the last good bundle keeps
+answering and `/ready` says why, until the alias points at a released version again.
 Children are held by one size-bounded cache for all bundles (keyed by name and version) and loaded when
 first routed to, on a small loader pool, so a photo waiting for a cold child never holds up the others;
 before a swap, the most requested groups' children of the new bundle are loaded.
@@ -21,7 +24,7 @@ from earthsnap_assets.registry import names
 from earthsnap_assets.registry.client import RegistryVerbs
 from earthsnap_assets.serving.config import ServeConfig, alias_for
 from earthsnap_assets.serving.models import ChildKey, LoadedModels, RoutingStats, load, load_network
-from earthsnap_assets.serving.resolve import NotDeployable, RegistryReader
+from earthsnap_assets.serving.resolve import NotDeployable, NotReleased, RegistryReader
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +46,7 @@ class Deployment:
         self.problem: str | None = "models not loaded yet"
         self.reloads = 0
         self._current: LoadedModels | None = None
-        self._failed: tuple[Mapping[str, str], float] | None = None
+        self._failed: tuple[Mapping[str, str], float, bool] | None = None  # versions, when, refused release
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -73,10 +76,12 @@ class Deployment:
             return False
         current = self._current
         if current is not None and dict(current.versions) == versions:
+            self.problem = None  # the registry answered and the alias is what we serve: any outage is over
             return False
         if self._recently_failed(versions):
             return False
         try:
+            self.reader.verify(self.alias, versions, trusted=current.versions if current is not None else {})
             resolved = self.reader.resolve(versions)
             bundle = load(
                 self.registry,
@@ -89,8 +94,8 @@ class Deployment:
                 loader=self.loader,
                 previous=current,
             )
-        except Exception:
-            self._failed = (versions, time.monotonic())
+        except Exception as exc:
+            self._failed = (versions, time.monotonic(), isinstance(exc, NotReleased))
             raise
         self._preload(bundle)
         self._current = bundle
@@ -117,10 +122,11 @@ class Deployment:
         return current.image_size
 
     def _recently_failed(self, versions: Mapping[str, str]) -> bool:
-        """These versions failed to load within `retry_failed_s`: do not download them again yet."""
+        """These versions failed within `retry_failed_s` (a refused release: `recheck_refused_s`): not yet again."""
         if self._failed is None or self._failed[0] != dict(versions):
             return False
-        return time.monotonic() - self._failed[1] < self.config.retry_failed_s
+        wait = self.config.recheck_refused_s if self._failed[2] else self.config.retry_failed_s
+        return time.monotonic() - self._failed[1] < wait
 
     def _report(self, problem: str, exc_info: bool = False) -> None:
         """Log a problem once, not every poll; /ready and /models show it."""
@@ -128,14 +134,22 @@ class Deployment:
             log.warning("%s: %s", self.env, problem, exc_info=exc_info)
         self.problem = problem
 
+    def _still_serving(self) -> str:
+        current = self._current
+        if current is None:
+            return "nothing is served"
+        return f"still serving the last good bundle ({_short(current.versions, show=2)})"
+
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 self.refresh()
+            except NotReleased as exc:
+                self._report(f"{exc}; {self._still_serving()}")
             except NotDeployable as exc:
-                self._report(f"alias {self.alias!r} is not deployable: {exc}")
+                self._report(f"alias {self.alias!r} is not deployable: {exc}; {self._still_serving()}")
             except Exception as exc:
-                self._report(f"polling or loading models failed: {exc}", exc_info=True)
+                self._report(f"polling or loading models failed: {exc}; {self._still_serving()}", exc_info=True)
             self._stop.wait(self.config.poll_interval_s)
 
 

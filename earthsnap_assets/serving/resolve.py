@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from earthsnap_assets.ml.hierarchy import Hierarchy
-from earthsnap_assets.registry import names
+from earthsnap_assets.registry import names, release
 from earthsnap_assets.registry.client import MappingMismatch, RegistryVerbs
 from earthsnap_assets.serving.config import ServeConfig
 
@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 
 class NotDeployable(Exception):
     """The alias points to versions that cannot be served together (missing tag, label mismatch...)."""
+
+
+class NotReleased(NotDeployable):
+    """The alias points to a version the deploy job did not release there (see `registry/release.py`)."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,25 @@ class RegistryReader:
             with self._lock:
                 self._tags[key] = known
         return known
+
+    def verify(self, alias: str, versions: Mapping[str, str], trusted: Mapping[str, str]) -> None:
+        """Raise `NotReleased` unless every version behind `alias` carries the tags of a release there.
+
+        Versions in `trusted` (the bundle serving now, checked when it was loaded) are not read again; the
+        others are read afresh: a version refused a minute ago may have been released since.
+        """
+        new = [(name, version) for name, version in versions.items() if trusted.get(name) != version]
+        if not new:
+            return
+        with ThreadPoolExecutor(min(self.fetch_threads, len(new))) as pool:
+            fresh = dict(zip(new, pool.map(lambda key: self.registry.version_tags(*key), new), strict=True))
+        with self._lock:
+            self._tags.update(fresh)
+        refused = {key: why for key, tags in fresh.items() if (why := release.refusal(alias, tags))}
+        if refused:
+            shown = "; ".join(f"{name} v{version}: {why}" for (name, version), why in list(refused.items())[:3])
+            more = f" (and {len(refused) - 3} more)" if len(refused) > 3 else ""
+            raise NotReleased(f"alias {alias!r} points at versions the deploy job did not release: {shown}{more}")
 
     def versions(self, alias: str) -> dict[str, str] | None:
         """{registered name: version} behind `alias`, the parent first; None when the parent has no such alias.

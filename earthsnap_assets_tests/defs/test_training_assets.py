@@ -75,11 +75,28 @@ def test_backfilling_one_group_retrains_only_that_child(trained):
 def test_gate_failure_is_recorded_on_the_version(trained):
     lake, groups, _results = trained
     other = next(g for g in groups if g != "solo")
-    rerun = _run(lake, CHILD, _config(min_accuracy=1.01), partition=other)
+    rerun = _run(lake, CHILD, _config(min_accuracy=1.01), partition=other, raise_on_error=False)
+    assert not rerun.success  # a failed gate fails the step (blocking check): a red partition, never a green one
     meta = _meta(rerun, "registered_child", other)
     assert meta["gate"] == "failed" and "minimum" in meta["gate_reason"]
     tags = MlflowClient(lake.registry.uri).get_model_version(meta["registered_model"], meta["version"]).tags
     assert tags["gate"] == "failed" and tags["approval"] == "pending"
+    # the gate is also a blocking asset check on the registered version: red in the Dagster UI, not green
+    (check,) = [c for c in rerun.get_asset_check_evaluations() if c.check_name == "gate"]
+    assert check.passed is False and check.severity.value == "ERROR" and check.blocking
+    assert check.metadata["version"].value == meta["version"] and "minimum" in check.metadata["reason"].value
+
+
+def test_passing_gate_is_a_green_check_and_registration_retries_after_an_outage(trained):
+    from earthsnap_assets.definitions import defs
+    from earthsnap_assets.defs.registry import RETRY
+
+    _lake, _groups, results = trained
+    (check,) = [c for c in results["parent"].get_asset_check_evaluations() if c.check_name == "gate"]
+    assert check.passed is True and check.asset_key.to_user_string() == "registered_parent"
+    for name in ("registered_parent", "registered_child"):
+        node = defs.resolve_assets_def(name).node_def
+        assert node.retry_policy == RETRY and RETRY.max_retries >= 2 and RETRY.delay >= 10
 
 
 def test_garbage_collection_keeps_what_registered_models_were_trained_on(trained):

@@ -43,7 +43,7 @@ def meta(result, asset: str, partition: str | None = None) -> dict:
     return {k: v.value for k, v in events[-1].materialization.metadata.items()}
 
 
-def run(lake, names: list[str], config: dict, partition: str | None = None):
+def run(lake, names: list[str], config: dict, partition: str | None = None, raise_on_error: bool = True):
     assets = list(defs.assets)
     selection = dg.AssetSelection.assets(*names)
     return dg.materialize(
@@ -53,6 +53,7 @@ def run(lake, names: list[str], config: dict, partition: str | None = None):
         resources=lake.resources,
         instance=lake.instance,
         run_config={"ops": {k: v for k, v in config["ops"].items() if k in names}},
+        raise_on_error=raise_on_error,
     )
 
 

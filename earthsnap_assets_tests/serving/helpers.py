@@ -18,6 +18,7 @@ import requests
 import torch
 from PIL import Image
 
+from earthsnap_assets.registry import release
 from earthsnap_assets.registry.client import RegistryClient
 from earthsnap_assets.serving.config import ServeConfig
 from earthsnap_assets.serving.local import serving_in_thread
@@ -101,7 +102,13 @@ class TinyModels:
             uri = self.registry.log_model(run_id, model, example, {"classes": classes})
             if mapping is not None:
                 tags = {**tags, **self.registry.log_group_species(run_id, mapping)}
-        all_tags = {"classes": ",".join(classes), "image_size": str(IMAGE_SIZE), "dataset_version": "test", **tags}
+        all_tags = {
+            "classes": ",".join(classes),
+            "image_size": str(IMAGE_SIZE),
+            "dataset_version": "test",
+            **release.released_tags("production"),  # as the deploy job leaves them: servable at either alias
+            **tags,
+        }
         return self.registry.register(uri, self.prefix + name, run_id, all_tags)
 
     def register_parent(self) -> str:
@@ -135,7 +142,12 @@ class TinyModels:
             uri = self.registry.log_model(run_id, flowers_model(), example, {"classes": ["a", "b"]})
 
         def child(group: str) -> tuple[str, str]:
-            tags = {"classes": ",".join(mapping[group]), "image_size": str(IMAGE_SIZE), "dataset_version": "test"}
+            tags = {
+                "classes": ",".join(mapping[group]),
+                "image_size": str(IMAGE_SIZE),
+                "dataset_version": "test",
+                **release.released_tags("production"),
+            }
             return f"child-{group}", self.registry.register(uri, f"{self.prefix}child-{group}", run_id, tags)
 
         with ThreadPoolExecutor(8) as pool:
