@@ -49,7 +49,12 @@ def model_format(model_dir: Path) -> tuple[str, Path]:
     mlmodel = model_dir / MLMODEL
     if not mlmodel.is_file():
         return f"no {MLMODEL} file", model_dir
-    flavor = (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors", {}).get(FLAVOR)
+    try:
+        document = yaml.safe_load(mlmodel.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return f"unreadable {MLMODEL} file", model_dir
+    flavors = document.get("flavors") if isinstance(document, dict) else None
+    flavor = flavors.get(FLAVOR) if isinstance(flavors, dict) else None
     if not isinstance(flavor, dict) or not isinstance(flavor.get("model_data"), str):
         return "no pytorch flavor", model_dir
     declared = flavor.get("serialization_format", PT2)  # MLflow 3.x writes none; refuse any other it might

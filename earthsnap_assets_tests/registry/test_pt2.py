@@ -150,6 +150,9 @@ def test_what_is_not_a_pt2_pytorch_model_is_refused(tmp_path: Path) -> None:
     assert found_with({"pytorch": {**pytorch, "serialization_format": "pickle"}}) == "pickle"
     assert found_with({"pytorch": {**pytorch, "model_data": "../.."}}).startswith("model_data outside")
     assert found_with({"pytorch": {**pytorch, "model_data": "data/model.pt2"}}) == "pickle"  # a file: torch.load
+    mlmodel.write_text("flavors: [pytorch")
+    with pytest.raises(UnsafeModel, match="unreadable MLmodel"):
+        load_pt2(str(path))
     mlmodel.write_text(yaml.safe_dump(original))
     (path / "data" / "model.pth").write_bytes(b"")  # MLflow loads a model.pth first, whatever else is there
     with pytest.raises(UnsafeModel, match="'pickle'"):
