@@ -338,10 +338,14 @@ def _predict_sample(settings: Settings) -> Any:
     from earthsnap_assets.demo import showcase
     from earthsnap_assets.deployment.stage_tests import post
     from earthsnap_assets.lake.taxonomy import parse_taxonomy
+    from earthsnap_assets.serving.auth import client_token
 
     taxonomy = parse_taxonomy((settings.home / "demo-data" / "taxonomy.csv").read_text())
     url = f"{settings.endpoint_url('production')}/predict?top_k=3"
-    result = showcase.run(taxonomy.species_to_group, lambda data: post(url, data, content_type="image/jpeg"))
+    token = client_token()  # EARTHSNAP_SERVE_TOKEN, for an endpoint started with tokens
+    result = showcase.run(
+        taxonomy.species_to_group, lambda data: post(url, data, content_type="image/jpeg", token=token)
+    )
     for line in result.lines():
         click.echo(f"  {line}")
     return result

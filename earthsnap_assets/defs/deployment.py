@@ -70,6 +70,7 @@ def stage_tests(
         expected_accuracy=float(tags.get("test_accuracy", 0)),
         tolerance=target["tolerance"],
         slo_p95_ms=target["slo_p95_ms"],
+        token=endpoints.bearer_token(),
     )
     verdict = "passed" if report.passed else "failed"
     registry.set_version_tags(

@@ -16,6 +16,7 @@ from typing import Any
 import requests
 
 from earthsnap_assets.demo.showcase import Showcase
+from earthsnap_assets.serving.auth import bearer_headers, client_token
 
 # what the demo prints of the monitoring asset's metadata, in this order
 MONITORING_FIELDS = (
@@ -37,7 +38,10 @@ def send_feedback(base_url: str, showcase: Showcase, timeout: float = 10.0) -> C
         if not answer.request_id:
             continue
         reply = requests.post(
-            f"{base_url}/feedback", json={"request_id": answer.request_id, "species": answer.species}, timeout=timeout
+            f"{base_url}/feedback",
+            json={"request_id": answer.request_id, "species": answer.species},
+            headers=bearer_headers(client_token()),  # EARTHSNAP_SERVE_TOKEN, when the endpoint needs one
+            timeout=timeout,
         )
         counts[reply.json().get("verdict", "ok") if reply.status_code == 202 else f"HTTP {reply.status_code}"] += 1
     return counts
@@ -47,7 +51,7 @@ def wait_logged(base_url: str, timeout: float = 60.0) -> dict[str, Any]:
     """Until the endpoint's prediction and feedback logs have nothing pending (both in the lake); their stats."""
     deadline = time.monotonic() + timeout
     while True:
-        stats = requests.get(f"{base_url}/stats", timeout=10).json()
+        stats = requests.get(f"{base_url}/stats", headers=bearer_headers(client_token()), timeout=10).json()
         logs = [stats.get("prediction_log") or {}, stats.get("feedback_log") or {}]
         if all(log.get("pending", 0) == 0 for log in logs) or time.monotonic() > deadline:
             return {"prediction_log": logs[0], "feedback_log": logs[1]}

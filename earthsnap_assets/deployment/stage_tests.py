@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from earthsnap_assets.monitoring.records import TRAFFIC_HEADER
+from earthsnap_assets.serving.auth import bearer_headers
 
 
 @dataclass(frozen=True)
@@ -51,10 +52,12 @@ def post(
     content_type: str = "application/octet-stream",
     timeout: float = 30,
     traffic: str | None = None,
+    token: str | None = None,
 ) -> tuple[int, dict]:
     """POST bytes; returns (status, JSON body) also for 4xx/5xx answers. `traffic` names who is asking
-    (`monitoring/records.TRAFFIC`): the stage tests say so, so monitoring and review leave them out."""
-    headers = {"Content-Type": content_type, **({TRAFFIC_HEADER: traffic} if traffic else {})}
+    (`monitoring/records.TRAFFIC`): the stage tests say so, so monitoring and review leave them out.
+    `token`: the endpoint's bearer token, when it requires one (`serving/auth.py`)."""
+    headers = {"Content-Type": content_type, **({TRAFFIC_HEADER: traffic} if traffic else {}), **bearer_headers(token)}
     request = urllib.request.Request(url, data=data, method="POST", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -102,12 +105,17 @@ def run_stage_tests(
     expected_accuracy: float,
     tolerance: float,
     slo_p95_ms: float,
+    token: str | None = None,
 ) -> StageTestReport:
-    """Send the golden set and the probes to `base_url`; `scope` is "parent" or "child"."""
+    """Send the golden set and the probes to `base_url`; `scope` is "parent" or "child".
+
+    `token` goes with every request, probes included: a probe refused for want of a token (401) would pass
+    as a 4xx without testing the input checks.
+    """
     latencies, scores, reasons = [], [], []
     for image in golden:
         started = time.perf_counter()
-        status, answer = post(f"{base_url}/predict?top_k=5", image.data, traffic=STAGE_TEST)
+        status, answer = post(f"{base_url}/predict?top_k=5", image.data, traffic=STAGE_TEST, token=token)
         latencies.append((time.perf_counter() - started) * 1000)
         if status != 200:
             reasons.append(f"golden image answered {status}: {answer}")
@@ -118,13 +126,18 @@ def run_stage_tests(
             scores.append(verdict)
     accuracy = float(np.mean(scores)) if scores else 0.0
     p95 = float(np.percentile(latencies, 95)) if latencies else float("inf")
-    probes = {name: post(f"{base_url}/predict", data, traffic=STAGE_TEST)[0] for name, data in BAD_INPUT_PROBES.items()}
+    probes = {
+        name: post(f"{base_url}/predict", data, traffic=STAGE_TEST, token=token)[0]
+        for name, data in BAD_INPUT_PROBES.items()
+    }
     if accuracy < expected_accuracy - tolerance:
         reasons.append(f"accuracy {accuracy:.3f} < expected {expected_accuracy:.3f} - tolerance {tolerance:.3f}")
     if p95 > slo_p95_ms:
         reasons.append(f"p95 latency {p95:.1f} ms > SLO {slo_p95_ms:.1f} ms")
-    reasons += [
-        f"probe {name} answered {status}, not 4xx" for name, status in probes.items() if not 400 <= status < 500
+    reasons += [  # 401: refused for its token (see `token`), the input checks were not reached
+        f"probe {name} answered {status}, not 4xx from the input checks"
+        for name, status in probes.items()
+        if not 400 <= status < 500 or status == 401
     ]
     return StageTestReport(
         passed=not reasons,

@@ -150,13 +150,13 @@ class RegistryVerbs:
     def load_model(self, model_uri: str) -> ExportedModel:
         """The logged network, ready for inference (an exported pt2 program is already in eval mode).
 
+        Only a pickle-free pt2 program loads: anything else raises `pt2.UnsafeModel` before deserializing.
         Thread-safe: loads in one process take turns (see `_LOAD_LOCK`).
         """
-        import mlflow.pytorch
+        from earthsnap_assets.registry import pt2
 
         self._mlflow(with_experiment=False)
-        with _LOAD_LOCK:
-            return ExportedModel(mlflow.pytorch.load_model(model_uri))
+        return ExportedModel(pt2.load_pt2(model_uri, self.uri, lock=_LOAD_LOCK))
 
     # ------------------------------------------------------------------------------------------ versions
 

@@ -11,6 +11,8 @@ Every refusal is a JSON `{"error": ...}` with a 4xx status (503 when not ready o
 (404, 405) included. Hostile clients are bounded (`ServeConfig`): a body must arrive within a deadline
 (408), an image too costly to decode is refused from its header (413), and at most
 `max_concurrent_decodes` photos decode at once (a request waiting too long for a slot gets 503).
+With `auth_tokens` configured, every route but `/health` and `/ready` needs a bearer token (401 otherwise;
+`serving/auth.py`); `/ready` and `/models` say whether auth is on (`"auth": "bearer" | "off"`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from earthsnap_assets.monitoring.records import TRAFFIC, TRAFFIC_HEADER
 from earthsnap_assets.registry.client import RegistryClient, RegistryVerbs
+from earthsnap_assets.serving.auth import BearerAuth
 from earthsnap_assets.serving.batching import MicroBatcher
 from earthsnap_assets.serving.config import ServeConfig
 from earthsnap_assets.serving.deployment import Deployment
@@ -174,16 +177,19 @@ class Endpoint:
 
     async def ready(self, request: Request) -> JSONResponse:
         bundle = self.deployment.current
+        auth = self.config.auth_tokens.mode
         if bundle is None:
-            return JSONResponse({"ready": False, "problem": self.deployment.problem}, status_code=503)
-        return JSONResponse({"ready": True, "versions": dict(bundle.versions), "problem": self.deployment.problem})
+            return JSONResponse({"ready": False, "problem": self.deployment.problem, "auth": auth}, status_code=503)
+        body = {"ready": True, "versions": dict(bundle.versions), "problem": self.deployment.problem, "auth": auth}
+        return JSONResponse(body)
 
     async def models(self, request: Request) -> JSONResponse:
         bundle = self.deployment.current
         if bundle is None:
             body = {"error": f"not ready: {self.deployment.problem}", "env": self.deployment.env}
             return JSONResponse({**body, "alias": self.deployment.alias}, status_code=503)
-        return JSONResponse({**bundle.describe(), "problem": self.deployment.problem})
+        auth = self.config.auth_tokens.mode
+        return JSONResponse({**bundle.describe(), "problem": self.deployment.problem, "auth": auth})
 
     async def stats(self, request: Request) -> JSONResponse:
         deployment = self.deployment
@@ -271,6 +277,8 @@ def create_app(
         Route("/stats", endpoint.stats, methods=["GET"]),
     ]
     middleware = [Middleware(HeaderLimit, max_bytes=config.max_header_bytes)]
+    if config.auth_tokens:  # inside the header limit, before any route reads a body
+        middleware.append(Middleware(BearerAuth, tokens=config.auth_tokens))
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=EXCEPTION_HANDLERS, middleware=middleware)
     app.state.deployment = deployment
     app.state.batcher = batcher

@@ -8,6 +8,7 @@ import os
 import click
 
 from earthsnap_assets.ml.routing import RoutingConfig
+from earthsnap_assets.serving.auth import TOKENS_ENV, AuthTokens
 from earthsnap_assets.serving.config import ENVIRONMENTS, KEEP_PHOTOS, ServeConfig
 
 DEFAULTS = ServeConfig()
@@ -56,6 +57,12 @@ ROUTING = DEFAULTS.routing
 @click.option("--max-decode-bytes", default=DEFAULTS.max_decode_bytes, show_default=True, help="est. memory per decode")
 @click.option("--max-concurrent-decodes", default=DEFAULTS.max_concurrent_decodes, show_default=True)
 @click.option("--decode-queue-timeout", default=DEFAULTS.decode_queue_timeout_s, show_default=True, help="then 503")
+@click.option(
+    "--auth-token-file",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help=f"bearer tokens, one a line, all but /health and /ready need one (with {TOKENS_ENV}, comma-separated)",
+)
 @click.option("--access-log/--no-access-log", default=False, show_default=True, help="one log line per request")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"]))
 def serve(
@@ -86,6 +93,7 @@ def serve(
     max_decode_bytes: int,
     max_concurrent_decodes: int,
     decode_queue_timeout: float,
+    auth_token_file: str | None,
     access_log: bool,
     log_level: str,
 ) -> None:
@@ -97,6 +105,7 @@ def serve(
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a server logs, it has no terminal
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        auth_tokens = AuthTokens.load(auth_token_file)  # and EARTHSNAP_SERVE_TOKENS; neither: auth off
         config = ServeConfig(
             model_prefix=model_prefix,
             poll_interval_s=poll_interval,
@@ -120,9 +129,11 @@ def serve(
             max_decode_bytes=max_decode_bytes,
             max_concurrent_decodes=max_concurrent_decodes,
             decode_queue_timeout_s=decode_queue_timeout,
+            auth_tokens=auth_tokens,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
+    logging.getLogger(__name__).info("endpoint auth: %s (%s)", auth_tokens.mode, auth_tokens)
     app = create_app(env, config=config)
     if port is None:
         from earthsnap_assets.settings import Settings

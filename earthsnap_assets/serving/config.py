@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from earthsnap_assets.ml.quality import QualityRules
 from earthsnap_assets.ml.routing import RoutingConfig
 from earthsnap_assets.registry import names
+from earthsnap_assets.serving.auth import AuthTokens
 
 ENVIRONMENTS = names.ALIASES  # each one is served from the MLflow alias of the same name
 KEEP_PHOTOS = ("none", "uncertain", "all")  # which request photos the endpoint keeps in the lake
@@ -41,6 +42,8 @@ class ServeConfig:
     limit (decoded at reduced scale) and 8-bit RGB PNGs up to ~50 MP. At most `max_concurrent_decodes`
     photos decode at once (memory follows this bound, ~2 GiB by default, not the number of connections);
     a request that waits more than `decode_queue_timeout_s` for a slot gets 503 with Retry-After.
+    `auth_tokens` (empty: auth off) are the bearer tokens, as sha256 digests, that every route but `/health`
+    and `/ready` requires (`serving/auth.py`); without one a request gets 401 before its body is read.
     """
 
     model_prefix: str = names.DEFAULT_PREFIX
@@ -71,6 +74,7 @@ class ServeConfig:
     max_decode_bytes: int = 512 * 1024 * 1024  # estimated peak memory of decoding one photo
     max_concurrent_decodes: int = 4
     decode_queue_timeout_s: float = 10.0  # longest wait for a decode slot before 503
+    auth_tokens: AuthTokens = field(default_factory=AuthTokens)  # digests only; empty = no auth
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
@@ -99,6 +103,8 @@ class ServeConfig:
             raise ValueError("body_timeout_s and decode_queue_timeout_s must be > 0")
         if self.max_header_bytes < 1024 or self.max_decode_bytes < 1 or self.max_concurrent_decodes < 1:
             raise ValueError("max_header_bytes must be >= 1024, max_decode_bytes and max_concurrent_decodes >= 1")
+        if not isinstance(self.auth_tokens, AuthTokens):
+            raise ValueError("auth_tokens must be an AuthTokens (digests), not the tokens themselves")
 
     def server_options(self) -> dict[str, object]:
         """uvicorn options enforcing `max_header_bytes`: the h11 parser (httptools has no header limit)."""

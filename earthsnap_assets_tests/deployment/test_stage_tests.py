@@ -8,12 +8,16 @@ import pytest
 
 from earthsnap_assets.deployment.stage_tests import GoldenImage, run_stage_tests
 
+TOKEN = "stage-test-token-0123456789"
 
-def _serve(answer_bad_input_with: int):
+
+def _serve(answer_bad_input_with: int, token: str | None = None):
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            if body.startswith(b"GOOD:"):
+            if token is not None and self.headers.get("Authorization") != f"Bearer {token}":
+                status, answer = 401, {"error": "missing bearer token"}
+            elif body.startswith(b"GOOD:"):
                 species, group = body[5:].decode().split("/")
                 status, answer = 200, {"top_k": [{"species": species, "group": group, "probability": 0.9}]}
             elif body.startswith(b"WRONG:"):
@@ -61,3 +65,17 @@ def test_fails_on_accuracy_and_on_a_probe_answered_with_5xx(golden):
         server.shutdown()
     assert not report.passed
     assert any("accuracy" in r for r in report.reasons) and any("not 4xx" in r for r in report.reasons)
+
+
+def test_sends_the_endpoint_token_with_every_request_probes_included(golden):
+    """With auth on, a probe refused for its token (401) must not pass as a 4xx: the token goes with each request."""
+    server = _serve(answer_bad_input_with=400, token=TOKEN)
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        with_token = run_stage_tests(url, golden, "child", 0.85, 0.1, slo_p95_ms=2000, token=TOKEN)
+        without = run_stage_tests(url, golden, "child", 0.85, 0.1, slo_p95_ms=2000)
+    finally:
+        server.shutdown()
+    assert with_token.passed and set(with_token.probes.values()) == {400}, with_token.reasons
+    assert not without.passed and set(without.probes.values()) == {401}
+    assert sum("probe" in r and "401" in r for r in without.reasons) == len(without.probes)
