@@ -55,6 +55,7 @@ SECRET_KEYS = {
         "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY",
     },
+    "earthsnap-serving-s3": {"EARTHSNAP_S3_ACCESS_KEY", "EARTHSNAP_S3_SECRET_KEY"},
     "earthsnap-mlflow-db": {"MLFLOW_BACKEND_STORE_URI"},
     "earthsnap-review": {
         "EARTHSNAP_REVIEW_USER",
@@ -317,12 +318,13 @@ def test_serving_probes(env: str) -> None:
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_serving_environment_and_scratch_space(env: str) -> None:
-    """Settings come from the ConfigMap and the S3 Secret; EARTHSNAP_HOME and /tmp are writable emptyDirs."""
+    """Settings come from the ConfigMap and serving's S3 Secret; EARTHSNAP_HOME and /tmp are writable emptyDirs."""
     workload = deployment(f"earthsnap-{env}")
     container = main_container(workload)
     sources = [next(iter(source.items())) for source in container["envFrom"]]
     assert ("configMapRef", {"name": "earthsnap-config"}) in sources
-    assert ("secretRef", {"name": "earthsnap-s3"}) in sources
+    assert ("secretRef", {"name": "earthsnap-serving-s3"}) in sources, "serving's own, least-privilege S3 keys"
+    assert ("secretRef", {"name": "earthsnap-s3"}) not in sources, "the pipeline's S3 keys"
     volumes = {volume["name"]: volume for volume in pod_spec(workload).get("volumes", [])}
     writable = [
         mount["mountPath"]
