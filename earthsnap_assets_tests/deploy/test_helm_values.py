@@ -663,6 +663,8 @@ def test_run_worker_pod(chart_instance: dg.DagsterInstance, values: dict[str, An
     validate_manifest(manifest)
     spec = manifest["spec"]["template"]["spec"]
     _assert_earthsnap_pod(spec)
+    # What deploy/k8s/networkpolicies.yaml lets reach MLflow, Label Studio and the endpoints.
+    assert manifest["spec"]["template"]["metadata"]["labels"]["earthsnap.io/pipeline"] == "true"
     (container,) = spec["containers"]
     assert container["image"] == image_of(user_deployment(values)["image"])
     assert container["resources"] == user_deployment(values)["resources"]
@@ -688,6 +690,7 @@ def test_step_pods_inherit_the_run_pod_settings_and_keep_their_placement(
         validate_manifest(manifest)
         spec = manifest["spec"]["template"]["spec"]
         _assert_earthsnap_pod(spec)
+        assert manifest["spec"]["template"]["metadata"]["labels"]["earthsnap.io/pipeline"] == "true", step
         resources = spec["containers"][0]["resources"]
         if GPU in resources.get("limits", {}):
             gpu_steps += 1
