@@ -800,6 +800,32 @@ def test_pods_run_as_non_root_and_locked_down() -> None:
             assert "/tmp" in {m["mountPath"] for m in container.get("volumeMounts", [])}, container["name"]
 
 
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_serving_pods_are_locked_down(env: str) -> None:
+    """The pods that face untrusted clients: non-root, nothing writable but two size-limited emptyDirs (/tmp and the
+    spool), no capabilities, no privilege escalation, no host access, no Kubernetes API token (pod and account)."""
+    workload = deployment(f"earthsnap-{env}")
+    spec = pod_spec(workload)
+    assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] != 0
+    assert spec["securityContext"].get("runAsGroup", 0) != 0
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert spec["automountServiceAccountToken"] is False
+    assert objects("ServiceAccount")[spec["serviceAccountName"]]["automountServiceAccountToken"] is False
+    assert not {"hostNetwork", "hostPID", "hostIPC", "hostUsers"} & {k for k, v in spec.items() if v is True}
+    volumes = {volume["name"]: volume for volume in spec["volumes"]}
+    assert all(set(volume) == {"name", "emptyDir"} for volume in volumes.values()), "emptyDirs only (no hostPath)"
+    for container in all_containers(workload):
+        context = container["securityContext"]
+        assert context["readOnlyRootFilesystem"] is True
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"] == {"drop": ["ALL"]}, "no capability added back"
+        assert context.get("privileged") is not True and context.get("runAsUser", 1) != 0
+        writable = {m["mountPath"]: m["name"] for m in container["volumeMounts"] if not m.get("readOnly")}
+        assert set(writable) == {"/tmp", SPOOL_DIR}, writable
+        for name in writable.values():
+            assert volumes[name]["emptyDir"].get("sizeLimit"), f"{name}: a full node disk would evict other pods"
+
+
 def test_every_container_has_requests_and_limits() -> None:
     for workload in workloads():
         for container in all_containers(workload):
