@@ -465,6 +465,9 @@ def test_env_sources_exist_in_deploy_k8s(values: dict[str, Any]):
         assert set(names(spec.get("envSecrets"))) <= secrets, where
     for spec in (deployment, k8s_launcher(values)):
         assert "earthsnap-config" in names(spec["envConfigMaps"]) and "earthsnap-s3" in names(spec["envSecrets"])
+        # MLflow's basic auth: the pipeline's own MLflow user, never the serving pods' read-only one.
+        assert "earthsnap-mlflow-pipeline" in names(spec["envSecrets"])
+        assert "earthsnap-mlflow-serving" not in names(spec["envSecrets"])
 
 
 def test_review_token_comes_from_the_secret_and_reaches_the_label_studio_resource(values: dict[str, Any]):
@@ -623,7 +626,7 @@ def _assert_earthsnap_pod(spec: Mapping[str, Any]) -> None:
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["image"] in USER_CODE_IMAGES
     env_from = {(ref.get("configMapRef") or ref.get("secretRef"))["name"] for ref in container["envFrom"]}
-    assert {"earthsnap-config", "earthsnap-s3"} <= env_from
+    assert {"earthsnap-config", "earthsnap-s3", "earthsnap-mlflow-pipeline"} <= env_from
     env_names = [var["name"] for var in container["env"]]
     assert len(env_names) == len(set(env_names)), env_names
     assert set(env_names) >= GPU_VARIABLES
@@ -660,6 +663,8 @@ def test_run_worker_pod(chart_instance: dg.DagsterInstance, values: dict[str, An
     validate_manifest(manifest)
     spec = manifest["spec"]["template"]["spec"]
     _assert_earthsnap_pod(spec)
+    # What deploy/k8s/networkpolicies.yaml lets reach MLflow, Label Studio and the endpoints.
+    assert manifest["spec"]["template"]["metadata"]["labels"]["earthsnap.io/pipeline"] == "true"
     (container,) = spec["containers"]
     assert container["image"] == image_of(user_deployment(values)["image"])
     assert container["resources"] == user_deployment(values)["resources"]
@@ -685,6 +690,7 @@ def test_step_pods_inherit_the_run_pod_settings_and_keep_their_placement(
         validate_manifest(manifest)
         spec = manifest["spec"]["template"]["spec"]
         _assert_earthsnap_pod(spec)
+        assert manifest["spec"]["template"]["metadata"]["labels"]["earthsnap.io/pipeline"] == "true", step
         resources = spec["containers"][0]["resources"]
         if GPU in resources.get("limits", {}):
             gpu_steps += 1

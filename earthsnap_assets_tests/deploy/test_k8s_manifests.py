@@ -55,6 +55,7 @@ SECRET_KEYS = {
         "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY",
     },
+    "earthsnap-serving-s3": {"EARTHSNAP_S3_ACCESS_KEY", "EARTHSNAP_S3_SECRET_KEY"},
     "earthsnap-mlflow-db": {"MLFLOW_BACKEND_STORE_URI"},
     "earthsnap-review": {
         "EARTHSNAP_REVIEW_USER",
@@ -64,7 +65,12 @@ SECRET_KEYS = {
         "LABEL_STUDIO_AWS_SECRET_ACCESS_KEY",
     },
     "earthsnap-label-studio-db": {"POSTGRE_HOST", "POSTGRE_PASSWORD"},
+    "earthsnap-mlflow-auth": {"basic_auth.ini", "MLFLOW_FLASK_SERVER_SECRET_KEY"},
+    "earthsnap-mlflow-serving": {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"},
+    "earthsnap-mlflow-pipeline": {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"},
 }
+# Keys of the example Secrets that are names, not secrets: they may keep their example value.
+NOT_SECRET = {"MLFLOW_TRACKING_USERNAME"}
 # Where a library reads the non-EARTHSNAP variables of the ConfigMap: (package, file that names them).
 READERS = {"MLFLOW_": ("mlflow", "environment_variables.py"), "AWS_": ("botocore", "configprovider.py")}
 
@@ -312,12 +318,13 @@ def test_serving_probes(env: str) -> None:
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_serving_environment_and_scratch_space(env: str) -> None:
-    """Settings come from the ConfigMap and the S3 Secret; EARTHSNAP_HOME and /tmp are writable emptyDirs."""
+    """Settings come from the ConfigMap and serving's S3 Secret; EARTHSNAP_HOME and /tmp are writable emptyDirs."""
     workload = deployment(f"earthsnap-{env}")
     container = main_container(workload)
     sources = [next(iter(source.items())) for source in container["envFrom"]]
     assert ("configMapRef", {"name": "earthsnap-config"}) in sources
-    assert ("secretRef", {"name": "earthsnap-s3"}) in sources
+    assert ("secretRef", {"name": "earthsnap-serving-s3"}) in sources, "serving's own, least-privilege S3 keys"
+    assert ("secretRef", {"name": "earthsnap-s3"}) not in sources, "the pipeline's S3 keys"
     volumes = {volume["name"]: volume for volume in pod_spec(workload).get("volumes", [])}
     writable = [
         mount["mountPath"]
@@ -510,7 +517,9 @@ def test_mlflow_backend_store_comes_from_the_secret() -> None:
     from mlflow.cli import server
 
     workload = deployment("mlflow")
-    for container in all_containers(workload):
+    tracking = [c for c in all_containers(workload) if c["command"] == ["mlflow"]]  # not `auth-users` (its own db)
+    assert [c["name"] for c in tracking] == ["db-upgrade", "mlflow"]
+    for container in tracking:
         entry = explicit_env(container)["MLFLOW_BACKEND_STORE_URI"]
         ref = entry["valueFrom"]["secretKeyRef"]
         assert ref == {"name": "earthsnap-mlflow-db", "key": "MLFLOW_BACKEND_STORE_URI"}, container["name"]
@@ -533,7 +542,9 @@ def test_mlflow_migrates_then_serves_artifacts_from_s3() -> None:
     assert params["artifacts_destination"] == f"s3://{config()['EARTHSNAP_MLFLOW_BUCKET']}/artifacts"
     assert params["host"] == "0.0.0.0"
     assert int(params["workers"]) >= 1
-    (init,) = pod_spec(deployment("mlflow"))["initContainers"]
+    inits = pod_spec(deployment("mlflow"))["initContainers"]
+    assert [c["name"] for c in inits] == ["db-upgrade", "auth-users"], "migrate first, then the users"
+    init = inits[0]
     assert init["image"] == main_container(deployment("mlflow"))["image"], "migrate with the server's own version"
     assert init["command"] == ["mlflow"] and init["args"][:2] == ["db", "upgrade"]
     assert upgrade.make_context("upgrade", expand(init["args"][2:], init)).params["url"] == "<MLFLOW_BACKEND_STORE_URI>"
@@ -565,6 +576,103 @@ def test_mlflow_accepts_the_host_names_clients_use() -> None:
         assert is_allowed_host_header(allowed, host), host
     assert not is_allowed_host_header(allowed, "attacker.example:5000"), "every host is allowed"
     assert is_health_endpoint("/health"), "kubelet probes by pod IP: /health must be exempt"
+
+
+# --- 4b. MLflow authentication ------------------------------------------------------------------------
+
+
+def secret_file_mount(workload: dict[str, Any], container: dict[str, Any], path: str) -> tuple[str, str]:
+    """(Secret name, key) of the file at `path` in `container`: a mounted Secret volume that projects that key."""
+    volumes = {volume["name"]: volume for volume in pod_spec(workload)["volumes"]}
+    for mount in container.get("volumeMounts", []):
+        prefix = mount["mountPath"].rstrip("/") + "/"
+        if not path.startswith(prefix) or "secret" not in volumes[mount["name"]]:
+            continue
+        assert mount.get("readOnly") is True, f"{container['name']}: {mount['mountPath']} is writable"
+        secret = volumes[mount["name"]]["secret"]
+        (item,) = [item for item in secret.get("items", []) if item["path"] == path[len(prefix) :]]
+        return secret["secretName"], item["key"]
+    raise AssertionError(f"{container['name']}: {path} is not a file of a mounted Secret")
+
+
+def example_auth_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The example Secret's basic_auth.ini as MLflow's own reader understands it."""
+    from mlflow.server.auth.config import read_auth_config
+
+    path = tmp_path / "basic_auth.ini"
+    path.write_text(objects("Secret")["earthsnap-mlflow-auth"]["stringData"]["basic_auth.ini"])
+    for name in ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(path))
+    return read_auth_config()
+
+
+def test_mlflow_runs_the_basic_auth_app_with_its_config_from_the_secret() -> None:
+    """`--app-name basic-auth` (an app MLflow registers), configured by a file of Secret earthsnap-mlflow-auth."""
+    from importlib.metadata import entry_points
+
+    assert mlflow_params()["app_name"] == "basic-auth"
+    assert "basic-auth" in {entry.name for entry in entry_points(group="mlflow.app")}
+    workload = deployment("mlflow")
+    for name in ("mlflow", "auth-users"):
+        container = next(c for c in all_containers(workload) if c["name"] == name)
+        path = explicit_env(container)["MLFLOW_AUTH_CONFIG_PATH"]["value"]
+        assert secret_file_mount(workload, container, path) == ("earthsnap-mlflow-auth", "basic_auth.ini"), name
+    key = explicit_env(main_container(workload))["MLFLOW_FLASK_SERVER_SECRET_KEY"]["valueFrom"]["secretKeyRef"]
+    assert key == {"name": "earthsnap-mlflow-auth", "key": "MLFLOW_FLASK_SERVER_SECRET_KEY"}, "same key in each worker"
+
+
+def test_example_auth_config_reads_by_default_and_keeps_users_in_postgres(tmp_path, monkeypatch) -> None:
+    from mlflow.server.auth.config import DEFAULT_AUTHORIZATION_FUNCTION
+    from sqlalchemy.engine import make_url
+
+    auth = example_auth_config(tmp_path, monkeypatch)
+    assert auth.default_permission in {"READ", "NO_PERMISSIONS"}, "READ or stricter"
+    assert auth.authorization_function == DEFAULT_AUTHORIZATION_FUNCTION
+    assert auth.admin_username and auth.admin_password == "CHANGE-ME"
+    users = make_url(auth.database_uri)
+    tracking = make_url(objects("Secret")["earthsnap-mlflow-db"]["stringData"]["MLFLOW_BACKEND_STORE_URI"])
+    assert users.drivername == tracking.drivername == "postgresql+psycopg2"
+    assert users.database != tracking.database, "both keep an alembic_version table: one database each"
+
+
+def test_each_mlflow_client_has_its_own_user() -> None:
+    """Serving: the read-only user; the auth Secret (admin password, database) only in the MLflow pod; the init
+    container creates both service users from their clients' Secrets (one place for each password)."""
+    for env in ENVIRONMENTS:
+        container = main_container(deployment(f"earthsnap-{env}"))
+        refs = {source["secretRef"]["name"] for source in container["envFrom"] if "secretRef" in source}
+        assert "earthsnap-mlflow-serving" in refs and "earthsnap-mlflow-pipeline" not in refs, env
+    for workload in workloads():
+        if workload["metadata"]["name"] != "mlflow":
+            assert "earthsnap-mlflow-auth" not in yaml.safe_dump(pod_spec(workload)), describe(workload)
+    init = next(c for c in all_containers(deployment("mlflow")) if c["name"] == "auth-users")
+    refs = {
+        (entry["name"], ref["name"], ref["key"])
+        for entry in init["env"]
+        if (ref := entry.get("valueFrom", {}).get("secretKeyRef"))
+    }
+    for role, secret in (("SERVING", "earthsnap-mlflow-serving"), ("PIPELINE", "earthsnap-mlflow-pipeline")):
+        assert (f"{role}_USERNAME", secret, "MLFLOW_TRACKING_USERNAME") in refs
+        assert (f"{role}_PASSWORD", secret, "MLFLOW_TRACKING_PASSWORD") in refs
+    users = {
+        objects("Secret")[s]["stringData"]["MLFLOW_TRACKING_USERNAME"]
+        for s in ("earthsnap-mlflow-serving", "earthsnap-mlflow-pipeline")
+    }
+    assert len(users) == 2
+
+
+def test_the_init_script_is_the_configmap_it_mounts() -> None:
+    """`auth-users` runs a script of ConfigMap mlflow-auth-users; it must be mounted where the command looks."""
+    workload = deployment("mlflow")
+    init = next(c for c in all_containers(workload) if c["name"] == "auth-users")
+    volumes = {volume["name"]: volume for volume in pod_spec(workload)["volumes"]}
+    (script,) = init["args"]
+    (mount,) = [m for m in init["volumeMounts"] if script.startswith(m["mountPath"].rstrip("/") + "/")]
+    data = objects("ConfigMap")[volumes[mount["name"]]["configMap"]["name"]]["data"]
+    source = data[script[len(mount["mountPath"].rstrip("/")) + 1 :]]
+    compile(source, script, "exec")  # valid Python
+    assert init["command"] == ["python"]
 
 
 # --- 5. ConfigMap --------------------------------------------------------------------------------------
@@ -641,7 +749,7 @@ def test_example_secrets_are_placeholders() -> None:
         assert "data" not in doc, f"{name}: use stringData (readable placeholders)"
         assert set(doc["stringData"]) == SECRET_KEYS[name], name
         for key, value in doc["stringData"].items():
-            assert "CHANGE-ME" in value, f"{name}.{key} is not a placeholder"
+            assert key in NOT_SECRET or "CHANGE-ME" in value, f"{name}.{key} is not a placeholder"
     files = {name for name, doc in documents() if doc["kind"] == "Secret"}
     assert files == {SECRETS_EXAMPLE}
 
@@ -690,6 +798,32 @@ def test_pods_run_as_non_root_and_locked_down() -> None:
             assert context["readOnlyRootFilesystem"] is True, container["name"]
             assert context["capabilities"]["drop"] == ["ALL"], container["name"]
             assert "/tmp" in {m["mountPath"] for m in container.get("volumeMounts", [])}, container["name"]
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_serving_pods_are_locked_down(env: str) -> None:
+    """The pods that face untrusted clients: non-root, nothing writable but two size-limited emptyDirs (/tmp and the
+    spool), no capabilities, no privilege escalation, no host access, no Kubernetes API token (pod and account)."""
+    workload = deployment(f"earthsnap-{env}")
+    spec = pod_spec(workload)
+    assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] != 0
+    assert spec["securityContext"].get("runAsGroup", 0) != 0
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert spec["automountServiceAccountToken"] is False
+    assert objects("ServiceAccount")[spec["serviceAccountName"]]["automountServiceAccountToken"] is False
+    assert not {"hostNetwork", "hostPID", "hostIPC", "hostUsers"} & {k for k, v in spec.items() if v is True}
+    volumes = {volume["name"]: volume for volume in spec["volumes"]}
+    assert all(set(volume) == {"name", "emptyDir"} for volume in volumes.values()), "emptyDirs only (no hostPath)"
+    for container in all_containers(workload):
+        context = container["securityContext"]
+        assert context["readOnlyRootFilesystem"] is True
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"] == {"drop": ["ALL"]}, "no capability added back"
+        assert context.get("privileged") is not True and context.get("runAsUser", 1) != 0
+        writable = {m["mountPath"]: m["name"] for m in container["volumeMounts"] if not m.get("readOnly")}
+        assert set(writable) == {"/tmp", SPOOL_DIR}, writable
+        for name in writable.values():
+            assert volumes[name]["emptyDir"].get("sizeLimit"), f"{name}: a full node disk would evict other pods"
 
 
 def test_every_container_has_requests_and_limits() -> None:

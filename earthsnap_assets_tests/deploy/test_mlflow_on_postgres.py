@@ -1,19 +1,15 @@
 """deploy/k8s/mlflow.yaml's containers, run for real: PostgreSQL backend, artifacts proxied into S3.
 
-The init container's and the server's command lines and environment are taken from the manifest, with
-the ConfigMap and Secret values a cluster would inject, pointed at the test PostgreSQL and the test
-stack's S3. Two deliberate changes: the server listens on a free loopback port instead of 0.0.0.0:5000,
-and MLFLOW_S3_ENDPOINT_URL points at SeaweedFS (on AWS it is unset).
+The init containers' (migration, basic-auth users) and the server's command lines and environment are taken
+from the manifest, with the ConfigMap and Secret values a cluster would inject, pointed at the test PostgreSQL
+(tracking and auth databases) and the test stack's S3. Two deliberate changes: the server listens on a free
+loopback port instead of 0.0.0.0:5000, and MLFLOW_S3_ENDPOINT_URL points at SeaweedFS (on AWS it is unset).
+The client is the pipeline's MLflow user; who may do what is test_mlflow_basic_auth's subject.
 """
 
-import os
-import subprocess
-import sys
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import psycopg2
 import pytest
@@ -22,39 +18,19 @@ from mlflow.tracking import MlflowClient
 from earthsnap_assets.resources.object_store import ObjectStore
 from earthsnap_assets.stack.ports import free_port
 from earthsnap_assets.stack.process import ManagedProcess
-from earthsnap_assets_tests.deploy.k8s_schema import expand_vars, k8s_documents
+from earthsnap_assets_tests.deploy.mlflow_pod import (
+    auth_setup,
+    base_env,
+    command_line,
+    container,
+    container_env,
+    doc,
+    mlflow_pod,
+    run_init_container,
+    with_option,
+)
 
-K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 pytestmark = pytest.mark.stack
-
-
-def _doc(file: str, kind: str) -> dict[str, Any]:
-    return next(d for d in k8s_documents(K8S / file) if d["kind"] == kind)
-
-
-def container_env(container: dict[str, Any], maps: dict[str, dict[str, str]]) -> dict[str, str]:
-    """The variables Kubernetes would set: envFrom maps first, then env entries (literal or from a map)."""
-    env: dict[str, str] = {}
-    for source in container.get("envFrom", []):
-        ref = source.get("configMapRef") or source.get("secretRef")
-        env.update(maps[ref["name"]])
-    for entry in container.get("env", []):
-        if "value" in entry:
-            env[entry["name"]] = entry["value"]
-        else:
-            ref = entry["valueFrom"].get("secretKeyRef") or entry["valueFrom"].get("configMapKeyRef")
-            env[entry["name"]] = maps[ref["name"]][ref["key"]]
-    return env
-
-
-def command_line(container: dict[str, Any], env: dict[str, str]) -> list[str]:
-    """command + args with `$(VAR)` expanded the way the kubelet does."""
-    return expand_vars(container["command"] + container["args"], env)
-
-
-def with_option(args: list[str], option: str, value: str) -> list[str]:
-    index = args.index(option)
-    return [*args[: index + 1], value, *args[index + 2 :]]
 
 
 def healthy(url: str) -> bool:
@@ -63,34 +39,32 @@ def healthy(url: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def mlflow_on_postgres(postgres, stack, tmp_path_factory) -> Iterator[tuple[str, str, str]]:
-    """(tracking URL, database name, artifact bucket) of the manifest's MLflow server, started for real."""
+def mlflow_on_postgres(postgres, stack, tmp_path_factory) -> Iterator[tuple[str, str, str, tuple[str, str]]]:
+    """(tracking URL, database name, artifact bucket, pipeline user) of the manifest's MLflow server, started for
+    real: both init containers, then the server with basic auth, its users in a PostgreSQL database of their own."""
     suffix = uuid.uuid4().hex[:8]
     bucket = f"test-mlflow-{suffix}"
     ObjectStore().ensure_bucket(bucket)
     db = postgres.create_database(f"mlflow_{suffix}")
+    auth_db = postgres.create_database(f"mlflow_auth_{suffix}")
     home = tmp_path_factory.mktemp("mlflow-home")
-    config = {**_doc("configmap.yaml", "ConfigMap")["data"], "EARTHSNAP_MLFLOW_BUCKET": bucket}
-    secrets = {
+    server_url = f"postgresql+psycopg2://{postgres.user}@{postgres.host}:{postgres.port}"
+    auth = auth_setup(home, f"{server_url}/{auth_db}")
+    config = {**doc("configmap.yaml", "ConfigMap", "earthsnap-config")["data"], "EARTHSNAP_MLFLOW_BUCKET": bucket}
+    maps = {
+        "earthsnap-config": config,
         "earthsnap-s3": {"AWS_ACCESS_KEY_ID": stack.access_key, "AWS_SECRET_ACCESS_KEY": stack.secret_key},
-        "earthsnap-mlflow-db": {
-            "MLFLOW_BACKEND_STORE_URI": f"postgresql+psycopg2://{postgres.user}@{postgres.host}:{postgres.port}/{db}"
-        },
+        "earthsnap-mlflow-db": {"MLFLOW_BACKEND_STORE_URI": f"{server_url}/{db}"},
+        **auth.maps,
     }
-    maps = {"earthsnap-config": config, **secrets}
-    pod = _doc("mlflow.yaml", "Deployment")["spec"]["template"]["spec"]
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
-    local = {"HOME": str(home), "MLFLOW_S3_ENDPOINT_URL": stack.s3_endpoint or ""}
-    bin_dir = Path(sys.executable).parent
-    base["PATH"] = f"{bin_dir}{os.pathsep}{base.get('PATH', '')}"
+    pod = mlflow_pod()
+    local = {"HOME": str(home), "MLFLOW_S3_ENDPOINT_URL": stack.s3_endpoint or "", **auth.local_env}
 
-    (init,) = pod["initContainers"]
-    init_env = {**base, **container_env(init, maps), **local}
-    upgrade = subprocess.run(command_line(init, init_env), env=init_env, capture_output=True, text=True, timeout=300)
-    assert upgrade.returncode == 0, upgrade.stderr[-2000:]
+    for init in pod["initContainers"]:  # db-upgrade, then auth-users
+        run_init_container(init, {**base_env(), **container_env(init, maps), **local}, home)
 
-    (server,) = pod["containers"]
-    env = {**base, **container_env(server, maps), **local}
+    server = container(pod, "mlflow")
+    env = {**base_env(), **container_env(server, maps), **local}
     port = free_port()
     args = with_option(with_option(command_line(server, env), "--host", "127.0.0.1"), "--port", str(port))
     url = f"http://127.0.0.1:{port}"
@@ -98,13 +72,18 @@ def mlflow_on_postgres(postgres, stack, tmp_path_factory) -> Iterator[tuple[str,
     process.start(args, env=env)
     try:
         process.wait_healthy(lambda: healthy(url), 120, port=port)
-        yield url, db, bucket
+        yield url, db, bucket, auth.user("earthsnap-mlflow-pipeline")
     finally:
         process.stop(timeout=20)
 
 
-def test_runs_models_and_aliases_live_in_postgres_and_artifacts_in_s3(mlflow_on_postgres, postgres, tmp_path):
-    url, db, bucket = mlflow_on_postgres
+def test_runs_models_and_aliases_live_in_postgres_and_artifacts_in_s3(
+    mlflow_on_postgres, postgres, tmp_path, monkeypatch
+):
+    url, db, bucket, (user, password) = mlflow_on_postgres
+    # The Dagster pods' credentials (Secret earthsnap-mlflow-pipeline), as MLflow's client reads them.
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
     client = MlflowClient(tracking_uri=url, registry_uri=url)
     experiment = client.create_experiment(f"deploy-test-{uuid.uuid4().hex[:6]}")
     run = client.create_run(experiment)
