@@ -229,7 +229,15 @@ def test_s3_down_mid_run_corrupts_nothing_and_the_rerun_gives_the_same_version(
     )
 
 
-def _serve(fault_stack: FaultStack, models: TinyModels, port: int, home: Path, lake_bucket: str, log: Path):
+def _serve(
+    fault_stack: FaultStack,
+    models: TinyModels,
+    port: int,
+    home: Path,
+    lake_bucket: str,
+    log: Path,
+    body_timeout: str = "15",
+):
     settings = fault_stack.settings
     env = {
         **os.environ,
@@ -241,6 +249,7 @@ def _serve(fault_stack: FaultStack, models: TinyModels, port: int, home: Path, l
     }
     args = ["serve", "--env", "production", "--port", str(port), "--model-prefix", models.prefix]
     args += ["--poll-interval", "1", "--log-flush-interval", "0.5", "--log-batch-rows", "50"]
+    args += ["--body-timeout", body_timeout, "--max-bytes", "200000"]
     code = WITHOUT_DAGSTER + "from earthsnap_assets.cli import main; main()"
     with log.open("ab") as out:
         return subprocess.Popen([sys.executable, "-c", code, *args], stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -292,3 +301,95 @@ def test_endpoint_killed_mid_traffic_answers_again_after_restart(fault_stack: Fa
         log_rows_lost_to_sigkill=len(lost),
         log_rows_lost_to_sigterm=0,
     )
+
+
+def _stalled_body(url: str) -> int:
+    """Headers promise 1,000 bytes, 10 arrive, then nothing: the body deadline answers."""
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        head = f"POST /predict HTTP/1.1\r\nHost: {host}\r\nContent-Length: 1000\r\n\r\n".encode()
+        sock.sendall(head + b"x" * 10)
+        answer = sock.recv(4096).decode(errors="replace")
+    return int(answer.split()[1])
+
+
+def hostile_requests() -> dict[str, object]:
+    """Every kind of bad input the endpoint tests know, as one catalogue: name -> call(url) -> status."""
+    from earthsnap_assets_tests.serving.test_app import BAD_INPUTS, predict
+    from earthsnap_assets_tests.serving.test_hostile import sixteen_bit_png
+
+    cases: dict[str, object] = {
+        f"predict {name}": (lambda url, kw=kwargs: predict(url, **kw).status_code)
+        for name, (kwargs, _status, _message) in BAD_INPUTS.items()
+    }
+    cases |= {
+        "16-bit 6300x6300 png (0.3 MB, ~1 GB to decode)": lambda url: (
+            predict(url, sixteen_bit_png(6300, 6300)).status_code
+        ),
+        "100 KB of headers": lambda url: (
+            requests.get(f"{url}/ready", headers={"X-Junk": "a" * 100_000}, timeout=30).status_code
+        ),
+        "stalled body": _stalled_body,
+        "unknown route": lambda url: requests.get(f"{url}/admin", timeout=10).status_code,
+        "wrong method": lambda url: requests.delete(f"{url}/predict", timeout=10).status_code,
+        "unknown traffic label": lambda url: predict(url, b"x", headers={"X-Earthsnap-Traffic": "bot"}).status_code,
+        "feedback not json": lambda url: requests.post(f"{url}/feedback", data=b"{nope", timeout=10).status_code,
+        "feedback bad request id": lambda url: (
+            requests.post(
+                f"{url}/feedback", json={"request_id": "../../etc", "species": "rose"}, timeout=10
+            ).status_code
+        ),
+        "feedback unknown species": lambda url: (
+            requests.post(
+                f"{url}/feedback", json={"request_id": "0" * 32, "species": "unicorn"}, timeout=10
+            ).status_code
+        ),
+        "top_k 10^9": lambda url: predict(url, b"x", params={"top_k": str(10**9)}).status_code,
+    }
+    return cases
+
+
+def test_hostile_clients_get_clean_4xx_and_the_process_survives(fault_stack: FaultStack, tmp_path: Path) -> None:
+    from earthsnap_assets_tests.serving.helpers import GREEN, photo
+
+    models = tiny_models(fault_stack)
+    models.deploy_first_versions("production")
+    store = fault_stack.store(uuid.uuid4().hex[:8])
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = _serve(fault_stack, models, port, tmp_path / "home", store.lake_bucket, tmp_path / "serve.log", "1")
+    statuses: dict[str, int | str] = {}
+    try:
+        wait_ready(url, timeout=120)
+        for name, call in hostile_requests().items():
+            try:
+                statuses[name] = call(url)
+            except (requests.RequestException, OSError) as exc:  # a closed connection is a refusal too
+                statuses[name] = f"closed: {type(exc).__name__}"
+            assert process.poll() is None, f"the endpoint died on {name!r}"
+        assert predict_ok(url, photo(GREEN))  # and it still answers good photos
+        rss_mb = int(Path(f"/proc/{process.pid}/status").read_text().split("VmHWM:")[1].split()[0]) / 1024
+    finally:
+        process.terminate()
+        process.wait(60)
+    clean = {name: s for name, s in statuses.items() if isinstance(s, int) and 400 <= s < 500}
+    closed = {name: s for name, s in statuses.items() if isinstance(s, str)}
+    server_errors = {name: s for name, s in statuses.items() if isinstance(s, int) and s >= 500}
+    assert server_errors == {} and set(closed) <= {"100 KB of headers"}, statuses  # h11 may close instead of 431
+    assert len(clean) + len(closed) == len(statuses)
+    report(
+        "hostile clients",
+        kinds_tried=len(statuses),
+        clean_4xx=len(clean),
+        closed_by_parser=len(closed),
+        responses_5xx=0,
+        crashes=0,
+        peak_rss_mb=round(rss_mb),
+        statuses=statuses,
+    )
+
+
+def predict_ok(url: str, data: bytes) -> bool:
+    return requests.post(f"{url}/predict", data=data, timeout=30).status_code == 200
