@@ -22,6 +22,8 @@ from earthsnap_assets.stack import mlflow_server, seaweed, stack_down, stack_up
 from earthsnap_assets.stack.process import ManagedProcess, port_in_use
 from earthsnap_assets_tests.polling import wait_until
 
+MARKER = "faults/written-before-any-fault"
+
 
 @dataclass
 class FaultStack:
@@ -59,7 +61,16 @@ class FaultStack:
             if not ManagedProcess(module.NAME, self.settings.home).is_running():
                 wait_until(lambda m=module: not any(port_in_use(p.number) for p in m.ports(self.settings)), 60)
         stack_up(self.settings, dagster=False)
+        # healthy is not yet serving old data: SeaweedFS answers InternalError on GetObject until its volumes
+        # are loaded again. Wait until an object written before the fault reads back.
+        wait_until(self._marker_reads, 60, interval=0.5)
         return time.monotonic() - began
+
+    def _marker_reads(self) -> bool:
+        try:
+            return self.store().read(self.settings.lake_bucket, MARKER) == MARKER.encode()
+        except Exception:
+            return False
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +82,8 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory, stack: Settings) -> It
     settings = Settings.from_env({**os.environ, **stack_env(tmp_path_factory.mktemp("fault-home"))})
     stack_up(settings, dagster=False)
     try:
-        yield FaultStack(settings)
+        faults = FaultStack(settings)
+        faults.store().write(settings.lake_bucket, MARKER, MARKER.encode())
+        yield faults
     finally:
         stack_down(settings)
