@@ -144,7 +144,8 @@ def audit_aliases(
     for model, alias, old, new in unrecorded_moves(json.loads(cursor) if cursor else table, table):
         if explained(events(store, store.lake_bucket, model), alias, new):
             continue
-        why_not = release.refusal(alias, registry.version_tags(model, new)) if new else "alias removed"
+        tags = registry.version_tags(model, new) if new else {}
+        why_not = release.refusal(alias, tags, model, new, release.release_key()) if new else "alias removed"
         detail = {"alias": alias, "from": old or "", "to": new or "", "released": why_not or "yes"}
         event = Event(model, new or old or "", "alias_moved", by="unknown (MLflow)", detail=detail)
         record(store, store.lake_bucket, event)

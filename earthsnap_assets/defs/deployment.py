@@ -6,7 +6,7 @@ from pydantic import Field
 from earthsnap_assets.deployment.golden import golden_set
 from earthsnap_assets.deployment.history import Event, record
 from earthsnap_assets.deployment.stage_tests import run_stage_tests
-from earthsnap_assets.registry import names
+from earthsnap_assets.registry import names, release
 from earthsnap_assets.resources.endpoints import Endpoints
 from earthsnap_assets.resources.mlflow_registry import MlflowRegistry
 from earthsnap_assets.resources.object_store import ObjectStore
@@ -28,6 +28,14 @@ def _mark(registry: MlflowRegistry, store: ObjectStore, target: dict, action: st
     registry.set_version_tags(target["model"], target["version"], {names.DEPLOY_STATUS: action})
 
 
+def _sign(registry: MlflowRegistry, target: dict, alias: str) -> None:
+    """With EARTHSNAP_RELEASE_KEY set, sign the release so endpoints holding the key can tell it from a hand move."""
+    key = release.release_key()
+    if key is not None:
+        signature = release.sign(key, target["model"], target["version"], alias)
+        registry.set_version_tags(target["model"], target["version"], {release.signature_tag(alias): signature})
+
+
 @dg.op
 def check_approved(context: dg.OpExecutionContext, config: DeployConfig, registry: MlflowRegistry) -> dict:
     """Only an approved version that passed the gate is ever deployed."""
@@ -47,6 +55,7 @@ def deploy_to_staging(
     if target["model"] != names.PARENT and registry.alias_version(names.PARENT, "staging") is None:
         raise dg.Failure("no earthsnap-parent version is in staging yet: approve and deploy the parent first")
     _mark(registry, store, target, "staging", alias="staging")
+    _sign(registry, target, "staging")
     registry.set_alias(target["model"], "staging", target["version"])
     seconds = endpoints.wait_serving("staging", target["model"], target["version"], target["wait_seconds"])
     context.add_output_metadata({"staging_url": endpoints.url("staging"), "reload_seconds": round(seconds, 2)})
@@ -94,6 +103,7 @@ def promote_to_production(
     """Point `production` at the version and wait until the production endpoint answers with it."""
     previous = registry.alias_version(target["model"], "production")
     _mark(registry, store, target, "production", alias="production", previous=previous or "")
+    _sign(registry, target, "production")
     registry.set_alias(target["model"], "production", target["version"])
     seconds = endpoints.wait_serving("production", target["model"], target["version"], target["wait_seconds"])
     registry.set_version_tags(target["model"], target["version"], {"deploy_status": "production"})

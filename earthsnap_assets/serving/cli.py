@@ -8,6 +8,7 @@ import os
 import click
 
 from earthsnap_assets.ml.routing import RoutingConfig
+from earthsnap_assets.registry import release
 from earthsnap_assets.serving.auth import TOKENS_ENV, AuthTokens
 from earthsnap_assets.serving.config import ENVIRONMENTS, KEEP_PHOTOS, ServeConfig
 
@@ -130,10 +131,13 @@ def serve(
             max_concurrent_decodes=max_concurrent_decodes,
             decode_queue_timeout_s=decode_queue_timeout,
             auth_tokens=auth_tokens,
+            release_key=release.release_key(),  # EARTHSNAP_RELEASE_KEY: serve only releases the deploy job signed
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     logging.getLogger(__name__).info("endpoint auth: %s (%s)", auth_tokens.mode, auth_tokens)
+    signed = "signed by the deploy job" if config.release_key else "tags only (EARTHSNAP_RELEASE_KEY unset)"
+    logging.getLogger(__name__).info("releases served: %s", signed)
     app = create_app(env, config=config)
     if port is None:
         from earthsnap_assets.settings import Settings

@@ -49,6 +49,7 @@ class ServeConfig:
     model_prefix: str = names.DEFAULT_PREFIX
     poll_interval_s: float = 2.0  # how often the alias versions are checked for a move
     retry_failed_s: float = 60.0  # a set of versions that failed to load is tried again only after this
+    release_key: str | None = field(default=None, repr=False)  # EARTHSNAP_RELEASE_KEY: signed releases only
     recheck_refused_s: float = 10.0  # an alias refused as not released (`registry/release.py`) is read again after
     max_batch: int = 16  # most items in one forward pass
     max_wait_ms: float = 5.0  # longest an item waits for companions (only while other requests are decoding)

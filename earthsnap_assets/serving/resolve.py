@@ -80,7 +80,8 @@ class RegistryReader:
             fresh = dict(zip(new, pool.map(lambda key: self.registry.version_tags(*key), new), strict=True))
         with self._lock:
             self._tags.update(fresh)
-        refused = {key: why for key, tags in fresh.items() if (why := release.refusal(alias, tags))}
+        signing = self.config.release_key
+        refused = {key: why for key, tags in fresh.items() if (why := release.refusal(alias, tags, *key, key=signing))}
         if refused:
             shown = "; ".join(f"{name} v{version}: {why}" for (name, version), why in list(refused.items())[:3])
             more = f" (and {len(refused) - 3} more)" if len(refused) > 3 else ""

@@ -11,6 +11,7 @@ from earthsnap_assets.defs.deploy_sensors import alias_audit_sensor, approval_se
 from earthsnap_assets.defs.deployment import deploy_model_version
 from earthsnap_assets.deployment.approval import ApprovalError, approve, pending, reject, rollback
 from earthsnap_assets.deployment.history import events
+from earthsnap_assets.registry import release
 from earthsnap_assets.resources.endpoints import Endpoints
 from earthsnap_assets.serving.app import create_app
 from earthsnap_assets.serving.config import ServeConfig
@@ -19,17 +20,20 @@ from earthsnap_assets_tests.polling import wait_until
 from earthsnap_assets_tests.serving.helpers import serving
 
 pytestmark = pytest.mark.stack
+RELEASE_KEY = "test-release-key"
 
 
 @pytest.fixture(scope="module")
 def endpoints(trained):
     """Real staging and production endpoints (uvicorn on free ports) following the MLflow aliases."""
     lake = trained[0]
-    config = ServeConfig(poll_interval_s=0.5)
+    config = ServeConfig(poll_interval_s=0.5, release_key=RELEASE_KEY)  # signed releases only
     with (
+        pytest.MonkeyPatch.context() as patch,
         serving(create_app("staging", lake.registry, config)) as staging,
         serving(create_app("production", lake.registry, config)) as production,
     ):
+        patch.setenv("EARTHSNAP_RELEASE_KEY", RELEASE_KEY)  # the deploy job signs what it releases
         yield Endpoints(staging_url=staging, production_url=production)
 
 
@@ -94,6 +98,8 @@ def test_approve_stage_and_promote_every_model_then_predict(trained, endpoints):
         assert lake.registry.alias_version(model, "production") == version
         tags = lake.registry.version_tags(model, version)
         assert tags["stage_test"] == "passed" and tags["deploy_status"] == "production"
+        for alias in ("staging", "production"):
+            assert tags[f"release_signature_{alias}"] == release.sign(RELEASE_KEY, model, version, alias)
         assert endpoints.served_versions("production")[model] == version
         actions = [e.action for e in events(lake.store, lake.store.lake_bucket, model) if e.version == version]
         assert actions[-4:] == ["approved", "staging", "stage_test", "production"]
@@ -202,6 +208,7 @@ def test_an_alias_moved_by_hand_is_refused_by_the_endpoint_and_recorded(trained,
     assert answer["ready"] is True and answer["versions"][model] == serving  # the last good bundle answers
     assert "did not release" in answer["problem"] and f"v{unreleased}" in answer["problem"]
     assert "approval=pending" in answer["problem"] and "stage_test=unset" in answer["problem"]
+    assert "not signed by the deploy job" in answer["problem"]
     assert endpoints.served_versions("production")[model] == serving
 
     cursor, (moved,) = audit_aliases(lake.registry, lake.store, cursor)

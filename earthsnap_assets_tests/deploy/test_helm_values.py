@@ -467,6 +467,7 @@ def test_env_sources_exist_in_deploy_k8s(values: dict[str, Any]):
         assert "earthsnap-config" in names(spec["envConfigMaps"]) and "earthsnap-s3" in names(spec["envSecrets"])
         # MLflow's basic auth: the pipeline's own MLflow user, never the serving pods' read-only one.
         assert "earthsnap-mlflow-pipeline" in names(spec["envSecrets"])
+        assert "earthsnap-release" in names(spec["envSecrets"])  # the deploy job signs releases
         assert "earthsnap-mlflow-serving" not in names(spec["envSecrets"])
 
 

@@ -68,6 +68,7 @@ SECRET_KEYS = {
     "earthsnap-mlflow-auth": {"basic_auth.ini", "MLFLOW_FLASK_SERVER_SECRET_KEY"},
     "earthsnap-mlflow-serving": {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"},
     "earthsnap-mlflow-pipeline": {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"},
+    "earthsnap-release": {"EARTHSNAP_RELEASE_KEY"},
 }
 # Keys of the example Secrets that are names, not secrets: they may keep their example value.
 NOT_SECRET = {"MLFLOW_TRACKING_USERNAME"}
@@ -325,6 +326,7 @@ def test_serving_environment_and_scratch_space(env: str) -> None:
     assert ("configMapRef", {"name": "earthsnap-config"}) in sources
     assert ("secretRef", {"name": "earthsnap-serving-s3"}) in sources, "serving's own, least-privilege S3 keys"
     assert ("secretRef", {"name": "earthsnap-s3"}) not in sources, "the pipeline's S3 keys"
+    assert ("secretRef", {"name": "earthsnap-release"}) in sources, "serve only signed releases"
     volumes = {volume["name"]: volume for volume in pod_spec(workload).get("volumes", [])}
     writable = [
         mount["mountPath"]

@@ -185,6 +185,24 @@ def test_ready_only_once_the_alias_is_loaded(deployed: Deployed) -> None:
 
 
 @needs_stack
+def test_with_a_release_key_only_signed_releases_are_served(stack: Any) -> None:
+    from earthsnap_assets.registry import release
+
+    models = TinyModels.create()
+    versions = models.deploy_first_versions("production")  # every release tag set by hand, none signed
+    config = models.config(release_key="deploy-job-key", recheck_refused_s=0.5)
+    with serving(create_app("production", models.registry, config)) as url:
+        wait_until(lambda: "not signed" in (requests.get(f"{url}/ready", timeout=5).json()["problem"] or ""), 20)
+        assert requests.get(f"{url}/ready", timeout=5).status_code == 503  # nothing good to fall back on
+        for name, version in versions.items():
+            full = models.prefix + name
+            signature = release.sign("deploy-job-key", full, version, "production")
+            models.registry.set_version_tags(full, version, {release.signature_tag("production"): signature})
+        wait_ready(url, timeout=20)
+        assert predict(url, photo(GREEN)).json()["species"] == "rose"
+
+
+@needs_stack
 def test_concurrent_requests_share_forward_passes(staging: Served) -> None:
     n, data = 16, photo(GREEN)
     before = requests.get(f"{staging.url}/stats", timeout=5).json()
