@@ -253,13 +253,12 @@ def rollback_command(model: str) -> None:
 @main.command("pending")
 def pending_command() -> None:
     """Model versions waiting for a person: to approve, to approve again after a failed deploy, or refused."""
-    from earthsnap_assets.deployment.approval import RegistryUnavailable, pending
+    from earthsnap_assets.deployment.approval import ApprovalError, RegistryUnavailable, pending
 
-    registry, _store = _registry_and_store()
     try:
-        waiting = pending(registry)
-    except Exception as exc:
-        raise click.ClickException(str(RegistryUnavailable(f"MLflow at {registry.uri} did not answer: {exc}"))) from exc
+        waiting = pending(_registry_and_store()[0])
+    except (ApprovalError, RegistryUnavailable) as exc:
+        raise click.ClickException(str(exc)) from exc
     if not waiting:
         click.echo("nothing waits for approval")
         return

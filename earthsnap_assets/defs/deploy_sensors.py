@@ -106,7 +106,7 @@ def approval_sensor(context: dg.SensorEvaluationContext, registry: MlflowRegistr
         )
 
 
-def unrecorded_moves(
+def alias_moves(
     before: dict[str, dict[str, str]], after: dict[str, dict[str, str]]
 ) -> list[tuple[str, str, str | None, str | None]]:
     """(model, alias, from, to) for every alias that changed between two reads of the alias table."""
@@ -141,11 +141,13 @@ def audit_aliases(
         for model, aliases in registry.aliases(MODEL_PREFIX).items()
     }
     recorded: list[Event] = []
-    for model, alias, old, new in unrecorded_moves(json.loads(cursor) if cursor else table, table):
+    for model, alias, old, new in alias_moves(json.loads(cursor) if cursor else table, table):
         if explained(events(store, store.lake_bucket, model), alias, new):
             continue
-        tags = registry.version_tags(model, new) if new else {}
-        why_not = release.refusal(alias, tags, model, new, release.release_key()) if new else "alias removed"
+        if new:
+            why_not = release.refusal(alias, registry.version_tags(model, new), model, new, release.release_key())
+        else:
+            why_not = "alias removed"
         detail = {"alias": alias, "from": old or "", "to": new or "", "released": why_not or "yes"}
         event = Event(model, new or old or "", "alias_moved", by="unknown (MLflow)", detail=detail)
         record(store, store.lake_bucket, event)

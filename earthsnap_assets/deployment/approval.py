@@ -22,13 +22,13 @@ class RegistryUnavailable(RuntimeError):
 
 
 def _check_exists(registry: RegistryVerbs, model: str, version: str) -> dict[str, str]:
-    """The version's tags; "not found" only when MLflow says so, an outage is `RegistryUnavailable`."""
+    """The version's tags; "not found" only when MLflow says so (an outage is left to `_registry_must_answer`)."""
     try:
         return registry.version_tags(model, version)
     except Exception as exc:
         if is_missing(exc):
             raise ApprovalError(f"{model} version {version} not found in the MLflow registry") from exc
-        raise RegistryUnavailable(f"MLflow at {registry.uri} did not answer ({type(exc).__name__}: {exc})") from exc
+        raise
 
 
 P = ParamSpec("P")
@@ -73,6 +73,7 @@ class Waiting:
     why: str  # gate reason, deploy error or refusal
 
 
+@_registry_must_answer
 def pending(registry: RegistryVerbs, prefix: str = names.DEFAULT_PREFIX) -> list[Waiting]:
     """Every version under `prefix` whose approval waits for a person, newest first within each model."""
     found: list[Waiting] = []

@@ -7,6 +7,7 @@ cannot leak into other tests.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from earthsnap_assets.resources.mlflow_registry import MlflowRegistry
 from earthsnap_assets.resources.object_store import ObjectStore
 from earthsnap_assets.settings import Settings
 from earthsnap_assets.stack import mlflow_server, seaweed, stack_down, stack_up
+from earthsnap_assets.stack.ports import free_stack_env
 from earthsnap_assets.stack.process import ManagedProcess, port_in_use
 from earthsnap_assets_tests.polling import wait_until
 
@@ -75,11 +77,7 @@ class FaultStack:
 
 @pytest.fixture(scope="module")
 def fault_stack(tmp_path_factory: pytest.TempPathFactory, stack: Settings) -> Iterator[FaultStack]:
-    import os
-
-    from earthsnap_assets_tests.conftest import stack_env
-
-    settings = Settings.from_env({**os.environ, **stack_env(tmp_path_factory.mktemp("fault-home"))})
+    settings = Settings.from_env({**os.environ, **free_stack_env(tmp_path_factory.mktemp("fault-home"))})
     stack_up(settings, dagster=False)
     try:
         faults = FaultStack(settings)
